@@ -1,0 +1,112 @@
+"""Run Great Expectations suites over Polars frames and hand back the unexpected rows, by id.
+
+GX 1.x has no Polars datasource: the features are computed in Polars, and only the columns an
+expectation reads (plus the id columns) cross into pandas. Results are requested COMPLETE with the id
+columns as the unexpected index, so every failing row comes back by name and becomes one flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")  # offline networks: never phone home
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import great_expectations as gx  # noqa: E402
+
+logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+@dataclass
+class Check:
+    """One expectation and the rule it speaks for."""
+
+    rule_id: str
+    expectation: gx.expectations.Expectation
+    entity_type: str
+    note: str = ""  # what a failure means, in words, carried into each flag's detail
+
+
+@dataclass
+class CheckResult:
+    check: Check
+    success: bool
+    element_count: int
+    unexpected: pl.DataFrame  # the id columns of every unexpected row
+    observed: dict = field(default_factory=dict)
+
+
+class Validator:
+    """One GX context for a run; one pandas data source, one asset per suite."""
+
+    def __init__(self, docs_dir: Path | None = None):
+        self.context = gx.get_context(mode="ephemeral")
+        self.source = self.context.data_sources.add_pandas("qingfeng")
+        self.docs_dir = docs_dir
+        self._results = []
+
+    def run(self, suite_name: str, frame: pl.DataFrame, id_columns: list[str], checks: list[Check]) -> list[CheckResult]:
+        if not checks:
+            return []
+        columns = list(dict.fromkeys([*id_columns, *_columns_read(checks)]))
+        pdf = frame.select(columns).to_pandas()
+        asset = self.source.add_dataframe_asset(suite_name)
+        batch = asset.add_batch_definition_whole_dataframe(suite_name)
+        suite = self.context.suites.add(gx.ExpectationSuite(name=suite_name))
+        for check in checks:
+            suite.add_expectation(check.expectation)
+        definition = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
+        )
+        result = definition.run(
+            batch_parameters={"dataframe": pdf},
+            result_format={
+                "result_format": "COMPLETE",
+                "unexpected_index_column_names": id_columns,
+                "return_unexpected_index_query": False,
+            },
+        )
+        self._results.append(result)
+        out = []
+        for check, res in zip(checks, result.results, strict=True):
+            info = res.result or {}
+            index = info.get("unexpected_index_list") or []
+            unexpected = pl.DataFrame(
+                [{k: _plain(row.get(k)) for k in id_columns} for row in index],
+                schema={k: pl.String for k in id_columns},
+                orient="row",
+            )
+            if res.exception_info and res.exception_info.get("raised_exception"):
+                raise RuntimeError(
+                    f"expectation {type(check.expectation).__name__} in {suite_name} raised: "
+                    f"{res.exception_info.get('exception_message')}"
+                )
+            out.append(
+                CheckResult(
+                    check=check,
+                    success=bool(res.success),
+                    element_count=int(info.get("element_count") or frame.height),
+                    unexpected=unexpected,
+                    observed={k: info[k] for k in ("unexpected_count", "unexpected_percent") if k in info},
+                )
+            )
+        return out
+
+
+def _plain(value):
+    return None if value is None else str(value)
+
+
+def _columns_read(checks: list[Check]) -> list[str]:
+    cols: list[str] = []
+    for c in checks:
+        for key in ("column", "column_A", "column_B"):
+            if value := getattr(c.expectation, key, None):
+                cols.append(value)
+        cols.extend(getattr(c.expectation, "column_list", None) or [])
+    return cols

@@ -1,0 +1,166 @@
+"""The pipeline's own state database (SQLAlchemy): watermarks, filedrop deliveries loaded, run records.
+
+A SQLite file in the warehouse by default; any SQLAlchemy URL through `QINGFENG_STATE_URL`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+watermarks = sa.Table(
+    "watermarks",
+    metadata,
+    sa.Column("source_id", sa.String(100), primary_key=True),
+    sa.Column("table_name", sa.String(64), primary_key=True),
+    # Kept per business date, so that a rerun of date D starts from where the night before D ended
+    # and pulls the same rows again (idempotent reruns), while the next date moves on.
+    sa.Column("as_of", sa.Date, primary_key=True),
+    sa.Column("watermark", sa.DateTime(timezone=True), nullable=False),  # newest change seen, UTC
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("updated", sa.DateTime(timezone=True), nullable=False),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("source_id", sa.String(100), primary_key=True),
+    sa.Column("delivery", sa.String(64), primary_key=True),  # the dated folder name
+    sa.Column("as_of", sa.Date, nullable=False),  # the business date of the run that loaded it
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("loaded", sa.DateTime(timezone=True), nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("source_id", sa.String(100), primary_key=True),  # "*" for the cross-source stages
+    sa.Column("stage", sa.String(32), primary_key=True),
+    sa.Column("table_name", sa.String(64), primary_key=True),  # "*" when the stage is not per table
+    sa.Column("as_of", sa.Date, nullable=False),
+    sa.Column("rows_in", sa.BigInteger, nullable=False, default=0),
+    sa.Column("rows_out", sa.BigInteger, nullable=False, default=0),
+    sa.Column("quarantined", sa.BigInteger, nullable=False, default=0),
+    sa.Column("flags", sa.BigInteger, nullable=False, default=0),
+    sa.Column("seconds", sa.Float, nullable=False, default=0.0),
+    sa.Column("status", sa.String(16), nullable=False),  # ok | failed | skipped
+    sa.Column("message", sa.Text),
+    sa.Column("finished", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class StageRecord:
+    source_id: str
+    stage: str
+    table_name: str = "*"
+    rows_in: int = 0
+    rows_out: int = 0
+    quarantined: int = 0
+    flags: int = 0
+    seconds: float = 0.0
+    status: str = "ok"
+    message: str | None = None
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+class StateStore:
+    def __init__(self, url: str):
+        self.url = url
+        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+        self.engine = sa.create_engine(url, connect_args=connect_args)
+        metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # watermarks -------------------------------------------------------------------------------------
+    def watermark(self, source_id: str, table_name: str, before: date) -> datetime | None:
+        """The watermark left by the latest run for a business date before `before`."""
+        with self.engine.connect() as c:
+            value = c.execute(
+                sa.select(watermarks.c.watermark)
+                .where(
+                    watermarks.c.source_id == source_id,
+                    watermarks.c.table_name == table_name,
+                    watermarks.c.as_of < before,
+                )
+                .order_by(watermarks.c.as_of.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+        return None if value is None else _utc(value)
+
+    def set_watermarks(self, source_id: str, as_of: date, values: dict[str, datetime], run_id: str) -> None:
+        if not values:
+            return
+        now = datetime.now(UTC)
+        rows = [
+            {"source_id": source_id, "table_name": t, "as_of": as_of, "watermark": _utc(v),
+             "run_id": run_id, "updated": now}
+            for t, v in values.items()
+        ]
+        with self.engine.begin() as c:
+            c.execute(
+                sa.delete(watermarks).where(
+                    watermarks.c.source_id == source_id,
+                    watermarks.c.as_of == as_of,
+                    watermarks.c.table_name.in_(list(values)),
+                )
+            )
+            c.execute(sa.insert(watermarks), rows)
+
+    # filedrop deliveries ----------------------------------------------------------------------------
+    def loaded_deliveries(self, source_id: str, before: date) -> set[str]:
+        """Deliveries loaded by runs for business dates before `before`."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(deliveries.c.delivery).where(
+                    deliveries.c.source_id == source_id, deliveries.c.as_of < before
+                )
+            )
+            return {r[0] for r in rows}
+
+    def mark_delivery_loaded(self, source_id: str, delivery: str, as_of: date, run_id: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                sa.delete(deliveries).where(
+                    deliveries.c.source_id == source_id, deliveries.c.delivery == delivery
+                )
+            )
+            c.execute(
+                sa.insert(deliveries).values(
+                    source_id=source_id, delivery=delivery, as_of=as_of, run_id=run_id,
+                    loaded=datetime.now(UTC),
+                )
+            )
+
+    # run records ------------------------------------------------------------------------------------
+    def record(self, run_id: str, as_of, records: list[StageRecord]) -> None:
+        if not records:
+            return
+        now = datetime.now(UTC)
+        rows = [{"run_id": run_id, "as_of": as_of, "finished": now, **r.__dict__} for r in records]
+        with self.engine.begin() as c:
+            for r in rows:  # a rerun of a stage within the same run replaces its record
+                c.execute(
+                    sa.delete(runs).where(
+                        runs.c.run_id == run_id, runs.c.source_id == r["source_id"],
+                        runs.c.stage == r["stage"], runs.c.table_name == r["table_name"],
+                    )
+                )
+            c.execute(sa.insert(runs), rows)
+
+    def run_records(self, run_id: str | None = None) -> list[dict]:
+        q = sa.select(runs).order_by(runs.c.finished, runs.c.source_id, runs.c.stage, runs.c.table_name)
+        if run_id:
+            q = q.where(runs.c.run_id == run_id)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]

@@ -1,0 +1,324 @@
+"""The steps of one night, as plain functions that do the I/O: the Prefect flow calls them, tests can too.
+
+Per source: extract → land bronze → normalize and upsert silver (+ quarantine).
+Across sources: load silver → resolve references → rules → marts → publish.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from expectations.contract import (
+    ContractSettings,
+    c1_flags,
+    c2_flags_from_quarantine,
+    c4_flags,
+    contract_suite_flags,
+)
+from expectations.deadline import deadline_flags
+from expectations.gx_runner import Validator
+from flows.extract import Pulled, SourceUnreachable, extract_filedrop, extract_sql, list_deliveries
+from flows.registry import Registry, Source
+from flows.state import StageRecord, StateStore
+from transforms.dialects import native_tables
+from transforms.merge import replace_children, upsert
+from transforms.normalize import MissingColumnsError, normalize_table
+from transforms.references import resolve_references
+from transforms.schema import QUARANTINE_SCHEMA, TABLES, empty
+from warehouse.analysts import refresh_views
+from warehouse.layout import Layout
+from warehouse.marts import SOURCES_SCHEMA, MartInputs, build_all
+from warehouse.publish import publish
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    # Clocks and commits lag: rows changed up to this long before the watermark are pulled again.
+    overlap: timedelta = timedelta(days=1)
+    # Sources extracted and normalized at the same time (connections and memory grow with it).
+    max_workers: int = 4
+
+
+@dataclass
+class SourceOutcome:
+    source_id: str
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    records: list[StageRecord] = field(default_factory=list)
+    contract_problems: list[dict] = field(default_factory=list)  # C1: table, problem
+    quarantine: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=QUARANTINE_SCHEMA))
+    newest_delivery: date | None = None
+
+    @property
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for r in self.records:
+            if r.stage == "normalize":
+                out[r.table_name] = {"in": r.rows_in, "silver": r.rows_out, "quarantined": r.quarantined}
+        return out
+
+
+def new_run_id(as_of: date) -> str:
+    return f"{as_of.isoformat()}T{datetime.now(UTC).strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    """Write beside, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    frame.write_parquet(tmp, compression="zstd", statistics=True)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# per source
+# --------------------------------------------------------------------------------------------------
+
+
+def extract_source(source: Source, state: StateStore, as_of: date, settings: RunSettings) -> Pulled:
+    if source.is_filedrop:
+        return extract_filedrop(source, loaded=state.loaded_deliveries(source.id, before=as_of))
+    marks = {t: state.watermark(source.id, t, before=as_of) for t in native_tables(source.dialect)}
+    return extract_sql(source, watermarks=marks, overlap=settings.overlap, now=datetime.now(UTC))
+
+
+def land_bronze(layout: Layout, pulled: Pulled, run_id: str) -> list[StageRecord]:
+    records = []
+    for table, frame in pulled.tables.items():
+        t0 = time.perf_counter()
+        _write_parquet(frame, layout.bronze_file(pulled.source_id, table, run_id))
+        records.append(StageRecord(pulled.source_id, "bronze", table, rows_in=frame.height, rows_out=frame.height,
+                                   seconds=time.perf_counter() - t0))
+    return records
+
+
+def _read_silver(layout: Layout, table: str, source_id: str) -> pl.DataFrame | None:
+    path = layout.silver_file(table, source_id)
+    return pl.read_parquet(path) if path.exists() else None
+
+
+def normalize_source(
+    layout: Layout, source: Source, pulled: Pulled, as_of: date
+) -> tuple[list[StageRecord], list[dict], pl.DataFrame]:
+    """Normalize every pulled table, upsert it into silver, write its quarantine. Returns the run
+    records, the C1 problems found (missing required columns) and the quarantine rows."""
+    records: list[StageRecord] = []
+    problems: list[dict] = []
+    quarantined: list[pl.DataFrame] = []
+    for table, raw in pulled.tables.items():
+        t0 = time.perf_counter()
+        try:
+            result = normalize_table(raw, dialect=source.dialect, table=table, source_id=source.id)
+        except MissingColumnsError as e:
+            problems.append({"table": table, "problem": str(e)})
+            records.append(StageRecord(source.id, "normalize", table, rows_in=raw.height, status="failed",
+                                       message=str(e), seconds=time.perf_counter() - t0))
+            quarantined.append(_whole_table_quarantine(raw, source.id, table, str(e)))
+            continue
+        if result.extra_columns:
+            # Not an error: the contract allows it. Recorded so a steward can see the drift.
+            records.append(StageRecord(source.id, "schema_drift", table, status="ok",
+                                       message="extra columns: " + ", ".join(result.extra_columns)))
+        silver = upsert(_read_silver(layout, table, source.id), result.clean, table)
+        _write_parquet(silver, layout.silver_file(table, source.id))
+        if table == "stage_reports":
+            metrics = replace_children(
+                _read_silver(layout, "metrics", source.id), result.metrics,
+                parent_ids=result.clean.select("source_id", "report_id"), key="report_id",
+            )
+            _write_parquet(metrics, layout.silver_file("metrics", source.id))
+            quarantined.append(result.metrics_quarantine)
+        quarantined.append(result.quarantine)
+        records.append(StageRecord(source.id, "normalize", table, rows_in=raw.height, rows_out=result.clean.height,
+                                   quarantined=result.quarantine.height, seconds=time.perf_counter() - t0))
+    quarantine = pl.concat(quarantined) if quarantined else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    for table, part in quarantine.partition_by("table", as_dict=True).items():
+        _write_parquet(part, layout.quarantine_file(as_of, source.id, table[0]))
+    return records, problems, quarantine
+
+
+def _whole_table_quarantine(raw: pl.DataFrame, source_id: str, table: str, reason: str) -> pl.DataFrame:
+    """A table that cannot be read as the contract says: every row is kept, with why."""
+    return raw.select(
+        pl.lit(source_id).alias("source_id"),
+        pl.lit(table).alias("table"),
+        pl.lit(None, dtype=pl.String).alias("record_id"),
+        pl.lit(reason).alias("reason"),
+        pl.struct(pl.all()).struct.json_encode().alias("raw"),
+    )
+
+
+def extract_stage(
+    source: Source, state: StateStore, as_of: date, settings: RunSettings
+) -> tuple[SourceOutcome, Pulled | None]:
+    """Pull one source. A source that cannot be read becomes C1 and a failed record, not an error:
+    the other sources go on."""
+    outcome = SourceOutcome(source.id)
+    t0 = time.perf_counter()
+    try:
+        pulled = extract_source(source, state, as_of, settings)
+    except SourceUnreachable as e:
+        outcome.status, outcome.error = "failed", str(e)
+        outcome.contract_problems.append({"table": None, "problem": f"source could not be read: {e}"})
+        outcome.records.append(StageRecord(source.id, "extract", status="failed", message=str(e),
+                                           seconds=time.perf_counter() - t0))
+        if source.is_filedrop and Path(source.url).is_dir():
+            names = list_deliveries(Path(source.url))
+            outcome.newest_delivery = date.fromisoformat(names[-1]) if names else None
+        return outcome, None
+    rows = sum(f.height for f in pulled.tables.values())
+    outcome.newest_delivery = pulled.delivery_date
+    outcome.records.append(StageRecord(source.id, "extract", rows_in=rows, rows_out=rows,
+                                       seconds=time.perf_counter() - t0, message=pulled.note))
+    natives = native_tables(source.dialect)
+    outcome.contract_problems += [
+        {"table": t, "problem": f"table {natives[t].native} is missing"} for t in pulled.missing_tables
+    ]
+    return outcome, pulled
+
+
+def load_stage(
+    layout: Layout, state: StateStore, source: Source, outcome: SourceOutcome, pulled: Pulled | None,
+    as_of: date, run_id: str,
+) -> SourceOutcome:
+    """Land bronze, normalize into silver and quarantine, then move the watermark on."""
+    if pulled is None:
+        return outcome
+    outcome.records += land_bronze(layout, pulled, run_id)
+    records, problems, quarantine = normalize_source(layout, source, pulled, as_of)
+    outcome.records += records
+    outcome.contract_problems += problems
+    outcome.quarantine = quarantine
+    # Only now that silver holds tonight's rows may the watermark move on.
+    state.set_watermarks(source.id, as_of, pulled.watermarks, run_id)
+    if pulled.delivery:
+        state.mark_delivery_loaded(source.id, pulled.delivery, as_of, run_id)
+    return outcome
+
+
+def process_source(
+    layout: Layout, state: StateStore, source: Source, as_of: date, run_id: str, settings: RunSettings
+) -> SourceOutcome:
+    outcome, pulled = extract_stage(source, state, as_of, settings)
+    return load_stage(layout, state, source, outcome, pulled, as_of, run_id)
+
+
+# --------------------------------------------------------------------------------------------------
+# across sources
+# --------------------------------------------------------------------------------------------------
+
+
+def load_silver(layout: Layout, source_ids: list[str]) -> dict[str, pl.DataFrame]:
+    out = {}
+    for table in (*TABLES, "metrics"):
+        files = [p for sid in source_ids if (p := layout.silver_file(table, sid)).exists()]
+        out[table] = pl.read_parquet(files) if files else empty(table)
+    return out
+
+
+def freshness(silver: dict[str, pl.DataFrame], registry: Registry, outcomes: dict[str, SourceOutcome]) -> pl.DataFrame:
+    newest = [
+        frame.group_by("source_id").agg(pl.col(spec.change_column).max().alias("newest_change"))
+        for name, spec in TABLES.items()
+        if spec.change_column and not (frame := silver[name]).is_empty()
+    ]
+    changes = (
+        pl.concat(newest).group_by("source_id").agg(pl.col("newest_change").max())
+        if newest else pl.DataFrame(schema={"source_id": pl.String, "newest_change": TABLES["persons"].columns["updated_at"]})
+    )
+    base = pl.DataFrame(
+        {
+            "source_id": [s.id for s in registry.sources],
+            "dialect": [s.dialect for s in registry.sources],
+            "newest_delivery": [outcomes[s.id].newest_delivery if s.id in outcomes else None for s in registry.sources],
+        },
+        schema={"source_id": pl.String, "dialect": pl.String, "newest_delivery": pl.Date},
+    )
+    return base.join(changes, on="source_id", how="left")
+
+
+@dataclass
+class NightResult:
+    run_id: str
+    as_of: date
+    outcomes: dict[str, SourceOutcome]
+    flags: pl.DataFrame
+    mart_rows: dict[str, int]
+    release: Path | None
+
+    @property
+    def failed_sources(self) -> list[str]:
+        return sorted(sid for sid, o in self.outcomes.items() if o.status != "ok")
+
+
+def evaluate(
+    layout: Layout, registry: Registry, outcomes: dict[str, SourceOutcome], as_of: date,
+    contract_settings: ContractSettings | None = None,
+) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
+    """Silver across sources with references resolved, and every flag of tonight's rules."""
+    silver = resolve_references(load_silver(layout, [s.id for s in registry.sources]))
+    problems = pl.DataFrame(
+        [{"source_id": sid, **p} for sid, o in outcomes.items() for p in o.contract_problems],
+        schema={"source_id": pl.String, "table": pl.String, "problem": pl.String},
+    )
+    quarantine = pl.concat([o.quarantine for o in outcomes.values()]) if outcomes else pl.DataFrame(
+        schema=QUARANTINE_SCHEMA)
+    validator = Validator()
+    flags = pl.concat([
+        c1_flags(problems),
+        c2_flags_from_quarantine(quarantine),
+        contract_suite_flags(validator, silver),
+        c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
+        deadline_flags(silver, as_of),
+    ]).unique(maintain_order=True)
+    return silver, flags
+
+
+def sources_frame(registry: Registry, outcomes: dict[str, SourceOutcome], flags: pl.DataFrame) -> pl.DataFrame:
+    stale_ids = set(
+        flags.filter(pl.col("rule_id") == "C4")["source_id"].to_list()
+    ) | {sid for sid, o in outcomes.items() if o.status != "ok"}
+    return pl.DataFrame(
+        {
+            "source_id": [s.id for s in registry.sources],
+            "name": [s.name for s in registry.sources],
+            "kind": [s.kind for s in registry.sources],
+            "dialect": [s.dialect for s in registry.sources],
+            "steward_email": [s.steward_email for s in registry.sources],
+            "stale": [s.id in stale_ids for s in registry.sources],
+        },
+        schema=SOURCES_SCHEMA,
+    )
+
+
+def finish_night(
+    layout: Layout, state: StateStore, registry: Registry, outcomes: dict[str, SourceOutcome], as_of: date,
+    run_id: str,
+) -> NightResult:
+    t0 = time.perf_counter()
+    silver, flags = evaluate(layout, registry, outcomes, as_of)
+    t_rules = time.perf_counter()
+    ctx = MartInputs(
+        as_of=as_of, silver=silver, flags=flags, sources=sources_frame(registry, outcomes, flags),
+        supervision_email=registry.supervision_email or "",
+    )
+    marts = build_all(ctx)
+    release = publish(layout, as_of, marts)
+    refresh_views(layout)
+    t_marts = time.perf_counter()
+    flag_counts = dict(flags.group_by("source_id").len().iter_rows())
+    state.record(run_id, as_of, [
+        *[r for o in outcomes.values() for r in o.records],
+        *[StageRecord(sid, "rules", flags=int(flag_counts.get(sid, 0))) for sid in outcomes],
+        StageRecord("*", "rules", rows_in=sum(f.height for f in silver.values()), rows_out=flags.height,
+                    flags=flags.height, seconds=t_rules - t0),
+        StageRecord("*", "marts", rows_out=sum(m.height for m in marts.values()), seconds=t_marts - t_rules),
+    ])
+    return NightResult(run_id, as_of, outcomes, flags, {k: v.height for k, v in marts.items()}, release)

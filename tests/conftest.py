@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from tests.pg import start_server
+
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()

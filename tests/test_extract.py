@@ -1,0 +1,150 @@
+"""Extraction against real SQLite files, a real PostgreSQL server and real filedrop folders."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import pytest
+import sqlalchemy as sa
+
+from flows.extract import SourceUnreachable, extract_filedrop, extract_sql, list_deliveries, read_delivery_csv
+from flows.registry import RegistryError, Source, load_registry
+from flows.state import StateStore
+
+NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+
+def _legacy_db(path: Path, rows: list[tuple[str, str, str]]) -> None:
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE ry (rybh TEXT, xm TEXT, dwdm TEXT, zw TEXT, sjhm TEXT, yx TEXT, sfzh TEXT, gxsj TEXT)")
+    con.executemany("INSERT INTO ry (rybh, xm, gxsj) VALUES (?, ?, ?)", rows)
+    con.commit()
+    con.close()
+
+
+def test_sqlite_text_change_column_is_pulled_incrementally(tmp_path):
+    db = tmp_path / "legacy.sqlite"
+    _legacy_db(db, [
+        ("P1", "张三", "2026/11/20 8:00"),
+        ("P2", "李四", "2026年11月28日"),
+        ("P3", "王五", "20261127"),
+        ("P4", "赵六", "not a date"),  # cannot be placed: pulled every night, never lost
+    ] + [(f"Q{i}", "某", "2026-01-01") for i in range(20)])
+    src = Source("old", "老系统", "department", "legacy", f"sqlite:///{db}", None)
+
+    first = extract_sql(src, watermarks={}, overlap=timedelta(days=1), now=NOW)
+    assert first.tables["persons"].height == 24
+    assert first.full["persons"] is True
+    assert "units" in first.missing_tables  # dw is absent
+    wm = first.watermarks["persons"]
+    assert wm.astimezone(UTC).date().isoformat() == "2026-11-27"  # 2026-11-28 00:00 +08:00
+
+    second = extract_sql(src, watermarks={"persons": wm}, overlap=timedelta(days=1), now=NOW)
+    got = sorted(second.tables["persons"]["rybh"].to_list())
+    assert got == ["P2", "P3", "P4"]  # within the overlap, or unparseable; the January rows are not pulled
+
+
+def test_missing_sqlite_file_is_unreachable_and_not_created(tmp_path):
+    path = tmp_path / "nowhere" / "x.sqlite"
+    src = Source("gone", "无", "district", "platform", f"sqlite:///{path}", None)
+    with pytest.raises(SourceUnreachable):
+        extract_sql(src, watermarks={}, overlap=timedelta(days=1), now=NOW)
+    assert not path.exists()
+
+
+def test_postgres_typed_watermark_and_down_server(pg_server):
+    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text("DROP DATABASE IF EXISTS extract_t"))
+        c.execute(sa.text("CREATE DATABASE extract_t"))
+    url = pg_server.url.rsplit("/", 1)[0] + "/extract_t"
+    eng = sa.create_engine(url)
+    with eng.begin() as c:
+        c.execute(sa.text(
+            "CREATE TABLE persons (person_id TEXT PRIMARY KEY, name TEXT NOT NULL, unit_code TEXT, title TEXT,"
+            " phone TEXT, email TEXT, id_card TEXT, updated_at TIMESTAMPTZ NOT NULL)"))
+        c.execute(sa.text(
+            "INSERT INTO persons (person_id, name, updated_at) VALUES"
+            " ('A', '甲', '2026-11-01T08:00:00+08:00'), ('B', '乙', '2026-11-28T09:00:00+08:00')"))
+    eng.dispose()
+    src = Source("pg", "平台", "district", "platform", url, None)
+    wm = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    pulled = extract_sql(src, watermarks={"persons": wm}, overlap=timedelta(hours=12), now=NOW)
+    frame = pulled.tables["persons"]
+    assert frame["person_id"].to_list() == ["B"]
+    assert frame.schema["updated_at"] == pl.String  # everything lands as text
+    bad = Source("pgdown", "宕机", "district", "platform", url.rsplit("/", 1)[0] + "/no_such_db", None)
+    with pytest.raises(SourceUnreachable):
+        extract_sql(bad, watermarks={}, overlap=timedelta(days=1), now=NOW)
+
+
+def _delivery(folder: Path, day: str, encoding: str, body: str) -> None:
+    d = folder / day
+    d.mkdir(parents=True)
+    data = ("\ufeff" + body).encode("utf-8") if encoding == "utf-8-sig" else body.encode(encoding)
+    (d / "人员.csv").write_bytes(data)
+
+
+PERSONS_CSV = "人员编号,姓名,单位代码,职务,手机号码,邮箱,身份证号,更新时间\nP1,张三,U1,科长,,,,2026/11/20 8:00\n"
+
+
+@pytest.mark.parametrize("encoding", ["gb18030", "utf-8-sig", "utf-8"])
+def test_filedrop_encodings(tmp_path, encoding):
+    _delivery(tmp_path, "2026-11-28", encoding, PERSONS_CSV)
+    frame = read_delivery_csv(tmp_path / "2026-11-28" / "人员.csv")
+    assert frame.columns[0] == "人员编号"
+    assert frame["姓名"].to_list() == ["张三"]
+
+
+def test_filedrop_cut_off_mid_record_keeps_rows(tmp_path):
+    _delivery(tmp_path, "2026-11-28", "utf-8", PERSONS_CSV + 'P2,"李四,U1')
+    frame = read_delivery_csv(tmp_path / "2026-11-28" / "人员.csv")
+    assert frame["人员编号"].to_list() == ["P1", "P2"]
+
+
+def test_filedrop_newest_delivery_once_and_no_escape(tmp_path):
+    folder = tmp_path / "dept"
+    _delivery(folder, "2026-11-20", "gb18030", PERSONS_CSV)
+    _delivery(folder, "2026-11-27", "utf-8-sig", PERSONS_CSV)
+    outside = tmp_path / "2026-12-31"
+    outside.mkdir()
+    (folder / "2026-12-30").symlink_to(outside)  # a link out of the source folder is not a delivery
+    (folder / "../etc").mkdir(exist_ok=True)
+    assert list_deliveries(folder) == ["2026-11-20", "2026-11-27"]
+
+    src = Source("dept", "部门", "department", "filedrop", str(folder), None)
+    first = extract_filedrop(src, loaded=set())
+    assert first.delivery == "2026-11-27"
+    assert first.tables["persons"].height == 1
+    assert set(first.missing_tables) == {"units", "projects", "milestones", "stage_reports", "evidence", "problems"}
+    again = extract_filedrop(src, loaded={"2026-11-27"})
+    assert again.delivery is None and not again.tables
+    assert "no new delivery" in again.note
+
+
+def test_registry_errors_are_clear(tmp_path):
+    p = tmp_path / "sources.toml"
+    p.write_text('[[source]]\nid = "Bad-Id"\ndialect = "platform"\nurl = "sqlite:///x"\n', encoding="utf-8")
+    with pytest.raises(RegistryError, match="must match"):
+        load_registry(p)
+    p.write_text('[[source]]\nid = "a"\ndialect = "oracle"\nurl = "x"\n', encoding="utf-8")
+    with pytest.raises(RegistryError, match="dialect"):
+        load_registry(p)
+    with pytest.raises(RegistryError, match="not found"):
+        load_registry(tmp_path / "missing.toml")
+
+
+def test_state_watermarks_are_per_business_date(tmp_path):
+    from datetime import date
+
+    state = StateStore(f"sqlite:///{tmp_path / 's.sqlite'}")
+    d1, d2 = date(2026, 11, 28), date(2026, 11, 29)
+    state.set_watermarks("s", d1, {"persons": datetime(2026, 11, 28, tzinfo=UTC)}, "r1")
+    state.set_watermarks("s", d2, {"persons": datetime(2026, 11, 29, tzinfo=UTC)}, "r2")
+    # A rerun of d2 starts where d1 ended; the next day starts where d2 ended.
+    assert state.watermark("s", "persons", before=d2) == datetime(2026, 11, 28, tzinfo=UTC)
+    assert state.watermark("s", "persons", before=date(2026, 11, 30)) == datetime(2026, 11, 29, tzinfo=UTC)
+    assert state.watermark("s", "persons", before=d1) is None
