@@ -24,6 +24,8 @@ from expectations.contract import (
 )
 from expectations.deadline import deadline_flags
 from expectations.gx_runner import Validator
+from expectations.rules import rule_flags
+from expectations.rules.base import RuleContext
 from flows.extract import Pulled, SourceUnreachable, extract_filedrop, extract_sql, list_deliveries
 from flows.registry import Registry, Source
 from flows.state import StageRecord, StateStore
@@ -277,6 +279,7 @@ def evaluate(
         contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
         deadline_flags(silver, as_of),
+        rule_flags(RuleContext(silver, as_of), validator),
     ]).unique(maintain_order=True)
     return silver, flags
 

@@ -1,0 +1,36 @@
+"""The `traces` (T1–T6) and `fabrication` (F1–F7) rules: one module per rule, found by name.
+
+A module named `t<N>_…` or `f<N>_…` is a rule (see `base.py` for what it exposes).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from types import ModuleType
+
+import polars as pl
+
+from expectations.catalog import empty_flags
+from expectations.gx_runner import Validator
+from expectations.rules.base import RuleContext, run_rule
+from expectations.settings import rule_params
+
+_RULE_MODULE = re.compile(r"^[tf]\d+_")
+
+
+def rule_modules() -> list[ModuleType]:
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if _RULE_MODULE.match(m.name))
+    modules = [importlib.import_module(f"{__name__}.{n}") for n in names]
+    return sorted(modules, key=lambda m: (m.RULE_ID[0], int(m.RULE_ID[1:])))
+
+
+def rule_flags(ctx: RuleContext, validator: Validator, only: set[str] | None = None) -> pl.DataFrame:
+    """Every rule's flags for tonight (or those in `only`)."""
+    parts = [empty_flags()]
+    for module in rule_modules():
+        if only and module.RULE_ID not in only:
+            continue
+        parts.append(run_rule(module, ctx, validator, rule_params(module.RULE_ID, module.PARAMS)))
+    return pl.concat(parts)

@@ -1,0 +1,59 @@
+"""What every rule of the `traces` and `fabrication` families is made of, and how flags come out.
+
+A rule is one module under `expectations/rules/` (`t1_evidence_count.py`, …) exposing:
+
+- `RULE_ID` (catalog id), `ENTITY_TYPE` (what a flag is raised on), `ID_COLUMN` (the feature column
+  naming that entity);
+- `PARAMS: dict[str, Param]`: its thresholds, each with the reason for its value;
+- `features(ctx, params) -> pl.DataFrame`: pure, vectorized Polars over silver — one row per entity judged,
+  with `source_id`, `ID_COLUMN` and the figures the rule judges (counts, fences, distances …);
+- `checks(params) -> list[Check]`: the Great Expectations expectations over those feature columns
+  (built-in ones where they fit, a custom expectation class where the rule needs one);
+- `detail(params) -> pl.Expr`: a String (JSON) expression over the feature columns, evaluated on the
+  unexpected rows only — the figures a person needs to judge the flag without opening the code.
+
+Thresholds are the module's `PARAMS` (value and reason side by side); one settings file may override
+them (`expectations/settings.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from types import ModuleType
+from typing import Any
+
+import polars as pl
+
+from expectations.catalog import empty_flags, flag_frame
+from expectations.gx_runner import Validator
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    silver: dict[str, pl.DataFrame]  # canonical tables, all sources, references resolved
+    as_of: date
+
+    def table(self, name: str) -> pl.DataFrame:
+        from transforms.schema import empty
+
+        frame = self.silver.get(name)
+        return empty(name) if frame is None else frame
+
+
+def run_rule(module: ModuleType, ctx: RuleContext, validator: Validator, params: dict[str, Any]) -> pl.DataFrame:
+    """Features in Polars → expectations in GX → one flag per unexpected row, with its figures."""
+    features = module.features(ctx, params)
+    if features.is_empty():
+        return empty_flags()
+    id_columns = ["source_id", module.ID_COLUMN]
+    results = validator.run(f"rule_{module.RULE_ID}", features, id_columns, module.checks(params))
+    hits = [r.unexpected for r in results if not r.success and not r.unexpected.is_empty()]
+    if not hits:
+        return empty_flags()
+    unexpected = pl.concat(hits).unique()
+    rows = features.join(unexpected, on=id_columns, how="semi").unique(subset=id_columns, keep="first")
+    return flag_frame(
+        module.RULE_ID, pl.col("source_id"), module.ENTITY_TYPE, pl.col(module.ID_COLUMN),
+        module.detail(params), rows,
+    )
