@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from flows.registry import Source
 from transforms.dialects import NativeTable, native_tables
 from transforms.parse import timestamp as parse_timestamp
+from transforms.schema import TZ
 
 KEY_CHUNK = 900  # bound parameters per IN (...) list; well under every driver's limit
 FULL_PULL_SHARE = 0.3  # above this share of changed rows, one full scan beats keyed look-ups
@@ -137,6 +139,7 @@ def _pull_table(
     # Text column (SQLite, legacy): formats are mixed, so the database cannot compare them. Scan the
     # key and the change column only, parse them here, then fetch the changed rows by key.
     key = _column(table, _native_key(native))
+    lower = lower.astimezone(ZoneInfo(TZ))  # compare in the zone the parser yields
     narrow = _frame(conn.execute(sa.select(_as_text(key), _as_text(change))), [key.name, change.name])
     ts = narrow.select(parse_timestamp(pl.col(change.name)).alias("ts"), pl.col(key.name).alias("k"))
     changed = ts.filter(pl.col("ts").is_null() | (pl.col("ts") >= lower))

@@ -6,6 +6,7 @@ Across sources: load silver → resolve references → rules → marts → publi
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -38,6 +39,8 @@ from warehouse.analysts import refresh_views
 from warehouse.layout import Layout
 from warehouse.marts import SOURCES_SCHEMA, MartInputs, build_all
 from warehouse.publish import publish
+
+log = logging.getLogger("qingfeng")
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,10 @@ def extract_stage(
     t0 = time.perf_counter()
     try:
         pulled = extract_source(source, state, as_of, settings)
-    except SourceUnreachable as e:
+    except Exception as e:  # noqa: BLE001 — one source's failure must not stop the night
+        if not isinstance(e, SourceUnreachable):
+            log.exception("extracting %s failed", source.id)
+            e = SourceUnreachable(f"{type(e).__name__}: {e}")
         outcome.status, outcome.error = "failed", str(e)
         outcome.contract_problems.append({"table": None, "problem": f"source could not be read: {e}"})
         outcome.records.append(StageRecord(source.id, "extract", status="failed", message=str(e),
@@ -193,8 +199,17 @@ def load_stage(
     """Land bronze, normalize into silver and quarantine, then move the watermark on."""
     if pulled is None:
         return outcome
-    outcome.records += land_bronze(layout, pulled, run_id)
-    records, problems, quarantine = normalize_source(layout, source, pulled, as_of)
+    t0 = time.perf_counter()
+    try:
+        outcome.records += land_bronze(layout, pulled, run_id)
+        records, problems, quarantine = normalize_source(layout, source, pulled, as_of)
+    except Exception as e:  # noqa: BLE001 — one source's failure must not stop the night
+        log.exception("loading %s failed", source.id)
+        outcome.status, outcome.error = "failed", f"{type(e).__name__}: {e}"
+        outcome.contract_problems.append({"table": None, "problem": f"source could not be loaded: {outcome.error}"})
+        outcome.records.append(StageRecord(source.id, "normalize", status="failed", message=outcome.error,
+                                           seconds=time.perf_counter() - t0))
+        return outcome
     outcome.records += records
     outcome.contract_problems += problems
     outcome.quarantine = quarantine
