@@ -23,8 +23,15 @@ DEFAULT_WAREHOUSE_ENV = "QINGFENG_WAREHOUSE"
 
 
 def project_data_dir() -> Path:
-    """The project's data directory (`make demo` fills `<it>/warehouse`)."""
-    return Path(os.environ.get("QINGFENG_DATA_DIR", Path.cwd() / "data"))
+    """The project's data directory: `$QINGFENG_DATA_DIR`, else `data/` in the source checkout (the
+    folder `make demo` fills), else `~/.local/share/qingfeng` for an installed copy."""
+    env = os.environ.get("QINGFENG_DATA_DIR")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").exists():
+        return checkout / "data"
+    return Path.home() / ".local" / "share" / "qingfeng"
 
 
 def default_warehouse() -> Path:
