@@ -45,12 +45,33 @@ class ContractSettings:
 # --------------------------------------------------------------------------------------------------
 
 
-def c1_flags(problems: pl.DataFrame) -> pl.DataFrame:
-    """`problems`: source_id, table (or null), problem (what is wrong, in words)."""
-    if problems.is_empty():
+def c1_features(source_ids: list[str], problems: pl.DataFrame) -> pl.DataFrame:
+    """One row per registered source: how many contract problems it had tonight, and which.
+    `problems`: source_id, table (or null for the whole source), problem (in words)."""
+    per_source = problems.group_by("source_id").agg(
+        pl.len().cast(pl.Int64).alias("problem_count"),
+        pl.col("table").alias("tables"),
+        pl.col("problem").alias("problems"),
+    )
+    return (
+        pl.DataFrame({"source_id": source_ids}, schema={"source_id": pl.String})
+        .join(per_source, on="source_id", how="left")
+        .with_columns(pl.col("problem_count").fill_null(0))
+    )
+
+
+def c1_flags(validator: Validator, source_ids: list[str], problems: pl.DataFrame) -> pl.DataFrame:
+    """GX expects every source to have had no contract problem; each that had one is a C1 flag."""
+    features = c1_features(source_ids, problems)
+    checks = [Check("C1", gx.expectations.ExpectColumnValuesToBeBetween(column="problem_count", max_value=0),
+                    "source", "数据源缺表、缺列或无法读取")]
+    results = validator.run("contract_sources", features, ["source_id"], checks)
+    failing = pl.concat([r.unexpected for r in results]).unique()
+    rows = features.join(failing, on="source_id", how="semi").sort("source_id")
+    if rows.is_empty():
         return empty_flags()
-    detail = pl.struct("table", "problem").struct.json_encode()
-    return flag_frame("C1", pl.col("source_id"), "source", pl.col("source_id"), detail, problems)
+    detail = pl.struct("problem_count", "tables", "problems").struct.json_encode()
+    return flag_frame("C1", pl.col("source_id"), "source", pl.col("source_id"), detail, rows)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -33,15 +33,21 @@ def extract_task(source: Source, state_url: str, as_of: date, settings: steps.Ru
         state.dispose()
 
 
-@task(name="load", task_run_name="load-{source.id}")
-def load_task(
-    extracted: tuple[steps.SourceOutcome, Pulled | None], source: Source, warehouse: str, state_url: str,
+@task(name="bronze", task_run_name="bronze-{source.id}")
+def land_task(extracted: tuple[steps.SourceOutcome, Pulled | None], source: Source, warehouse: str, run_id: str):
+    outcome, pulled = extracted
+    return steps.land_stage(Layout(Path(warehouse)), outcome, pulled, run_id), pulled
+
+
+@task(name="normalize", task_run_name="normalize-{source.id}")
+def normalize_task(
+    landed: tuple[steps.SourceOutcome, Pulled | None], source: Source, warehouse: str, state_url: str,
     as_of: date, run_id: str,
 ) -> steps.SourceOutcome:
-    outcome, pulled = extracted
+    outcome, pulled = landed
     state = StateStore(state_url)
     try:
-        return steps.load_stage(Layout(Path(warehouse)), state, source, outcome, pulled, as_of, run_id)
+        return steps.normalize_stage(Layout(Path(warehouse)), state, source, outcome, pulled, as_of, run_id)
     finally:
         state.dispose()
 
@@ -88,11 +94,12 @@ def nightly(sources_file: str, warehouse: str, as_of: date, overlap_days: float 
     extracted = {
         s.id: extract_task.submit(s, state_url, as_of, settings) for s in registry.sources
     }
-    loaded = {
-        s.id: load_task.submit(extracted[s.id], s, str(layout.root), state_url, as_of, run_id)
+    landed = {s.id: land_task.submit(extracted[s.id], s, str(layout.root), run_id) for s in registry.sources}
+    normalized = {
+        s.id: normalize_task.submit(landed[s.id], s, str(layout.root), state_url, as_of, run_id)
         for s in registry.sources
     }
-    outcomes = {sid: f.result() for sid, f in loaded.items()}
+    outcomes = {sid: f.result() for sid, f in normalized.items()}
     for sid, o in outcomes.items():
         if o.status != "ok":
             logger.warning("source %s failed: %s", sid, o.error)

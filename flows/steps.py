@@ -171,8 +171,7 @@ def extract_stage(
         pulled = extract_source(source, state, as_of, settings)
     except Exception as e:  # noqa: BLE001 — one source's failure must not stop the night
         if not isinstance(e, SourceUnreachable):
-            log.exception("extracting %s failed", source.id)
-            e = SourceUnreachable(f"{type(e).__name__}: {e}")
+            return _fail(outcome, "extract", e, time.perf_counter() - t0), None
         outcome.status, outcome.error = "failed", str(e)
         outcome.contract_problems.append({"table": None, "problem": f"source could not be read: {e}"})
         outcome.records.append(StageRecord(source.id, "extract", status="failed", message=str(e),
@@ -192,24 +191,39 @@ def extract_stage(
     return outcome, pulled
 
 
-def load_stage(
-    layout: Layout, state: StateStore, source: Source, outcome: SourceOutcome, pulled: Pulled | None,
-    as_of: date, run_id: str,
-) -> SourceOutcome:
-    """Land bronze, normalize into silver and quarantine, then move the watermark on."""
-    if pulled is None:
+def _fail(outcome: SourceOutcome, stage: str, error: Exception, seconds: float) -> SourceOutcome:
+    log.exception("%s of %s failed", stage, outcome.source_id)
+    outcome.status, outcome.error = "failed", f"{type(error).__name__}: {error}"
+    outcome.contract_problems.append({"table": None, "problem": f"{stage} failed: {outcome.error}"})
+    outcome.records.append(StageRecord(outcome.source_id, stage, status="failed", message=outcome.error,
+                                       seconds=seconds))
+    return outcome
+
+
+def land_stage(layout: Layout, outcome: SourceOutcome, pulled: Pulled | None, run_id: str) -> SourceOutcome:
+    """Write what was pulled, untouched, to bronze."""
+    if pulled is None or outcome.status != "ok":
         return outcome
     t0 = time.perf_counter()
     try:
         outcome.records += land_bronze(layout, pulled, run_id)
+    except Exception as e:  # noqa: BLE001 — one source's failure must not stop the night
+        return _fail(outcome, "bronze", e, time.perf_counter() - t0)
+    return outcome
+
+
+def normalize_stage(
+    layout: Layout, state: StateStore, source: Source, outcome: SourceOutcome, pulled: Pulled | None,
+    as_of: date, run_id: str,
+) -> SourceOutcome:
+    """Normalize into silver and quarantine, then move the watermark on."""
+    if pulled is None or outcome.status != "ok":
+        return outcome
+    t0 = time.perf_counter()
+    try:
         records, problems, quarantine = normalize_source(layout, source, pulled, as_of)
     except Exception as e:  # noqa: BLE001 — one source's failure must not stop the night
-        log.exception("loading %s failed", source.id)
-        outcome.status, outcome.error = "failed", f"{type(e).__name__}: {e}"
-        outcome.contract_problems.append({"table": None, "problem": f"source could not be loaded: {outcome.error}"})
-        outcome.records.append(StageRecord(source.id, "normalize", status="failed", message=outcome.error,
-                                           seconds=time.perf_counter() - t0))
-        return outcome
+        return _fail(outcome, "normalize", e, time.perf_counter() - t0)
     outcome.records += records
     outcome.contract_problems += problems
     outcome.quarantine = quarantine
@@ -224,7 +238,8 @@ def process_source(
     layout: Layout, state: StateStore, source: Source, as_of: date, run_id: str, settings: RunSettings
 ) -> SourceOutcome:
     outcome, pulled = extract_stage(source, state, as_of, settings)
-    return load_stage(layout, state, source, outcome, pulled, as_of, run_id)
+    outcome = land_stage(layout, outcome, pulled, run_id)
+    return normalize_stage(layout, state, source, outcome, pulled, as_of, run_id)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,7 +304,7 @@ def evaluate(
         schema=QUARANTINE_SCHEMA)
     validator = Validator()
     flags = pl.concat([
-        c1_flags(problems),
+        c1_flags(validator, [s.id for s in registry.sources], problems),
         c2_flags_from_quarantine(quarantine),
         contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),

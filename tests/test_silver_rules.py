@@ -111,9 +111,12 @@ def test_deadline_flags():
 
 
 def test_c1_c2_c4():
-    c1 = c1_flags(pl.DataFrame({"source_id": ["a"], "table": [None], "problem": ["down"]},
-                               schema={"source_id": pl.String, "table": pl.String, "problem": pl.String}))
-    assert c1.row(0, named=True)["entity_type"] == "source" and json.loads(c1["detail"][0])["problem"] == "down"
+    problems = pl.DataFrame({"source_id": ["a", "a"], "table": [None, "problems"], "problem": ["down", "wt missing"]},
+                            schema={"source_id": pl.String, "table": pl.String, "problem": pl.String})
+    c1 = c1_flags(Validator(), ["a", "b"], problems)
+    assert c1["entity_id"].to_list() == ["a"]  # one flag per source, every problem in its detail
+    assert c1.row(0, named=True)["entity_type"] == "source"
+    assert json.loads(c1["detail"][0])["problems"] == ["down", "wt missing"]
     q = pl.DataFrame(
         {"source_id": ["a", "a", "a"], "table": ["milestones", "evidence", "persons"],
          "record_id": ["M1", None, "P1"],
