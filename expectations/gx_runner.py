@@ -42,7 +42,10 @@ class CheckResult:
 
 
 class Validator:
-    """One GX context for a run; one pandas data source, one asset per suite."""
+    """One GX context for a run: a pandas data source, an asset and a checkpoint per suite, and a Data
+    Docs site in `docs_dir` when one is given (`build_docs()` renders every validation of the run)."""
+
+    SITE = "qingfeng"
 
     def __init__(self, docs_dir: Path | None = None):
         self.context = gx.get_context(mode="ephemeral")
@@ -50,11 +53,35 @@ class Validator:
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self.source = self.context.data_sources.add_pandas("qingfeng")
         self.docs_dir = docs_dir
-        self._results = []
+        self._names: dict[str, int] = {}
+        if docs_dir is not None:
+            self.context.add_data_docs_site(
+                site_name=self.SITE,
+                site_config={
+                    "class_name": "SiteBuilder",
+                    "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                    "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                                      "base_directory": str(docs_dir)},
+                },
+            )
+
+    def _unique(self, name: str) -> str:
+        """GX refuses a second suite of one name; two rule modules may share a rule id."""
+        n = self._names.get(name, 0)
+        self._names[name] = n + 1
+        return name if n == 0 else f"{name}_{n + 1}"
+
+    def build_docs(self) -> Path | None:
+        if self.docs_dir is None:
+            return None
+        self.docs_dir.mkdir(parents=True, exist_ok=True)
+        self.context.build_data_docs(site_names=[self.SITE])
+        return self.docs_dir / "index.html"
 
     def run(self, suite_name: str, frame: pl.DataFrame, id_columns: list[str], checks: list[Check]) -> list[CheckResult]:
         if not checks:
             return []
+        suite_name = self._unique(suite_name)
         columns = list(dict.fromkeys([*id_columns, *_columns_read(checks)]))
         pdf = frame.select(columns).to_pandas()
         asset = self.source.add_dataframe_asset(suite_name)
@@ -65,15 +92,20 @@ class Validator:
         definition = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=suite_name, data=batch, suite=suite)
         )
-        result = definition.run(
-            batch_parameters={"dataframe": pdf},
-            result_format={
-                "result_format": "COMPLETE",
-                "unexpected_index_column_names": id_columns,
-                "return_unexpected_index_query": False,
-            },
+        checkpoint = self.context.checkpoints.add(
+            gx.Checkpoint(
+                name=suite_name,
+                validation_definitions=[definition],
+                actions=[],
+                result_format={
+                    "result_format": "COMPLETE",
+                    "unexpected_index_column_names": id_columns,
+                    "return_unexpected_index_query": False,
+                },
+            )
         )
-        self._results.append(result)
+        run = checkpoint.run(batch_parameters={"dataframe": pdf})
+        result = next(iter(run.run_results.values()))
         out = []
         for check, res in zip(checks, result.results, strict=True):
             info = res.result or {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -292,9 +293,10 @@ class NightResult:
 
 def evaluate(
     layout: Layout, registry: Registry, outcomes: dict[str, SourceOutcome], as_of: date,
-    contract_settings: ContractSettings | None = None,
+    contract_settings: ContractSettings | None = None, docs_dir: Path | None = None,
 ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
-    """Silver across sources with references resolved, and every flag of tonight's rules."""
+    """Silver across sources with references resolved, and every flag of tonight's rules. With
+    `docs_dir`, the Great Expectations Data Docs of every suite run go there."""
     silver = resolve_references(load_silver(layout, [s.id for s in registry.sources]))
     problems = pl.DataFrame(
         [{"source_id": sid, **p} for sid, o in outcomes.items() for p in o.contract_problems],
@@ -302,7 +304,7 @@ def evaluate(
     )
     quarantine = pl.concat([o.quarantine for o in outcomes.values()]) if outcomes else pl.DataFrame(
         schema=QUARANTINE_SCHEMA)
-    validator = Validator()
+    validator = Validator(docs_dir=docs_dir)
     flags = pl.concat([
         c1_flags(validator, [s.id for s in registry.sources], problems),
         c2_flags_from_quarantine(quarantine),
@@ -311,6 +313,9 @@ def evaluate(
         deadline_flags(silver, as_of),
         rule_flags(RuleContext(silver, as_of), validator),
     ]).unique(maintain_order=True)
+    if docs_dir is not None:
+        shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs
+        validator.build_docs()
     return silver, flags
 
 
@@ -336,7 +341,7 @@ def finish_night(
     run_id: str,
 ) -> NightResult:
     t0 = time.perf_counter()
-    silver, flags = evaluate(layout, registry, outcomes, as_of)
+    silver, flags = evaluate(layout, registry, outcomes, as_of, docs_dir=layout.docs(as_of))
     t_rules = time.perf_counter()
     ctx = MartInputs(
         as_of=as_of, silver=silver, flags=flags, sources=sources_frame(registry, outcomes, flags),
