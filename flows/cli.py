@@ -14,7 +14,8 @@ from rich.table import Table
 from warehouse.layout import default_warehouse
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="清风 Qingfeng: nightly supervision data pipeline.")
-console = Console()
+# Piped output (a log, a file) is read whole: do not squeeze tables to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 WarehouseOpt = typer.Option(None, "--warehouse", "-w", help="Warehouse folder (default: data/warehouse).")
