@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# Prefect's ephemeral API keeps its database under PREFECT_HOME: one of its own per test session.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="qingfeng-prefect-")
 
 
 @pytest.fixture(scope="session")
