@@ -52,7 +52,7 @@ class Validator:
         # A nightly job's log is no place for a progress bar per suite.
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self.source = self.context.data_sources.add_pandas("qingfeng")
-        self.docs_dir = docs_dir
+        self.docs_dir = docs_dir.resolve() if docs_dir is not None else None  # GX wants it absolute
         self._names: dict[str, int] = {}
         if docs_dir is not None:
             self.context.add_data_docs_site(
@@ -61,7 +61,7 @@ class Validator:
                     "class_name": "SiteBuilder",
                     "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
                     "store_backend": {"class_name": "TupleFilesystemStoreBackend",
-                                      "base_directory": str(docs_dir)},
+                                      "base_directory": str(self.docs_dir)},
                 },
             )
 

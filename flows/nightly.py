@@ -83,7 +83,7 @@ def nightly(sources_file: str, warehouse: str, as_of: date, overlap_days: float 
 
     logger = get_run_logger()
     registry = load_registry(Path(sources_file))
-    layout = Layout(Path(warehouse))
+    layout = Layout(Path(warehouse).resolve())
     layout.root.mkdir(parents=True, exist_ok=True)
     state_url = layout.state_url
     StateStore(state_url).dispose()  # create the state tables once, before the workers race to

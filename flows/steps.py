@@ -315,7 +315,10 @@ def evaluate(
     ]).unique(maintain_order=True)
     if docs_dir is not None:
         shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs
-        validator.build_docs()
+        try:
+            validator.build_docs()
+        except Exception:  # noqa: BLE001 — the flags and marts matter more than their HTML rendering
+            log.exception("building the Data Docs in %s failed", docs_dir)
     return silver, flags
 
 
