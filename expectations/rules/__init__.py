@@ -1,6 +1,8 @@
 """The `traces` (T1–T6) and `fabrication` (F1–F7) rules: one module per rule, found by name.
 
-A module named `t<N>_…` or `f<N>_…` is a rule (see `base.py` for what it exposes).
+A module named `t<N>_…` or `f<N>_…` is a rule (see `base.py` for what it exposes). Several modules may
+share one RULE_ID when a rule is raised on several entity types (F2: evidence and report); they run in
+name order, each under its own GX suite name (the Validator keeps suite names unique).
 """
 
 from __future__ import annotations

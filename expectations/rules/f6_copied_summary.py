@@ -1,0 +1,163 @@
+"""F6 (report): the summary is a near-copy of another project's (earlier) report.
+
+Method (scales to millions of reports; no all-pairs):
+
+1. Text: HTML and everything but Han characters, letters and digits removed; character `shingle_k`-grams
+   (Chinese has no spaces to split words on), hashed to 64 bits in one vectorized pass.
+2. Boilerplate: shingles found in at least `max_df_share` of the reports (document frequency, estimated on
+   a sample of up to `df_sample_docs`) are the phrases everyone writes ("坚持以党的政治建设为统领") and are
+   dropped. A summary left with fewer than `min_shingles` shingles says nothing specific: no verdict.
+3. Candidates: one-permutation MinHash (`minhash_bins` values a report), LSH banding (`rows_per_band`
+   values a band): reports whose band agrees are candidates.
+4. Verdict: exact Jaccard of the two (boilerplate-free) shingle sets of each candidate pair. Each report
+   is judged against its most similar EARLIER report of ANOTHER project; GX expects the Jaccard below
+   `max_jaccard`. The later report of a pair is the copy; the original is not flagged, nor is a report
+   that is at least as close to an earlier report of its own project (a project repeating its own text,
+   after someone else copied it, is not the copier).
+"""
+
+from __future__ import annotations
+
+import great_expectations as gx
+import numpy as np
+import polars as pl
+
+from expectations.gx_runner import Check
+from expectations.rules.base import RuleContext
+from expectations.settings import Param
+from transforms.features_fabrication import (
+    band_keys,
+    boilerplate_shingles,
+    drop_shingles,
+    jaccard_pairs,
+    lsh_candidate_pairs,
+    minhash_signatures,
+    normalize_text,
+    shingle_hashes,
+    ts_json,
+)
+
+RULE_ID = "F6"
+ENTITY_TYPE = "report"
+ID_COLUMN = "report_id"
+
+PARAMS: dict[str, Param] = {
+    "shingle_k": Param(5, "Five characters is about two Chinese words: long enough that two unrelated "
+                          "reports rarely share one by chance, short enough that a few edited characters "
+                          "leave most shingles of a copy intact."),
+    "max_df_share": Param(0.01, "A shingle in 1 % or more of all reports is boilerplate or a template phrase, "
+                                "not content that one report could have copied from another."),
+    "min_df_docs": Param(20, "In a small city 1 % is a handful of reports; a phrase must be in at least 20 "
+                             "reports to count as boilerplate."),
+    "df_sample_docs": Param(200_000, "Document frequencies of common phrases are estimated well on a "
+                                     "sample; it bounds the memory on a million reports."),
+    "min_shingles": Param(20, "Below 20 specific shingles (one short sentence) a summary is too thin for a "
+                              "copy verdict."),
+    "max_jaccard": Param(0.5, "Resemblance of the boilerplate-free shingle sets: half or more of the specific "
+                              "content in common. Each edited character breaks k shingles on both sides, and "
+                              "removing boilerplate leaves 40–90 specific shingles, so a copy with 2–4 "
+                              "characters changed keeps only J = (S-4k)/(S+4k) ≈ 0.45–0.85; reports written "
+                              "apart share templates but not their dates, places and numbers (J < 0.15)."),
+    "minhash_bins": Param(128, "MinHash values per report (one-permutation hashing): the Jaccard of a "
+                              "candidate is re-computed exactly, so the sketch only has to find candidates."),
+    "rows_per_band": Param(4, "32 bands of 4: a pair at Jaccard 0.6 becomes a candidate with probability "
+                              "1 - (1 - 0.6^4)^32 = 0.987 (0.5: 0.87, 0.7: 0.9995); at 0.1 with 0.003, "
+                              "which keeps the candidates of a million reports to a few million."),
+    "chunk_docs": Param(100_000, "Reports shingled and sketched per batch (bounds memory)."),
+    "max_bucket": Param(200, "Bound on the pairs drawn from one LSH bucket (guards mass-identical texts)."),
+}
+
+
+def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
+    reports = (
+        ctx.table("stage_reports")
+        .filter(pl.col("project_id").is_not_null() & pl.col("summary").is_not_null())
+        .select("source_id", "report_id", "project_id", "submitted_at", normalize_text("summary").alias("_text"))
+        .unique(subset=["source_id", "report_id"], keep="first")
+        .sort("submitted_at", "source_id", "report_id", nulls_last=True)
+        .with_row_index("doc")
+    )
+    n = reports.height
+    if n < 2:
+        return pl.DataFrame()
+    k = params["shingle_k"]
+    texts = reports["_text"]
+
+    rng = np.random.default_rng(20261129)
+    sample = np.sort(rng.choice(n, min(n, params["df_sample_docs"]), replace=False))
+    sd, sh = shingle_hashes(texts.gather(sample), k)
+    stop = boilerplate_shingles(sd, sh, len(sample), params["max_df_share"], params["min_df_docs"])
+
+    bins, rpb = params["minhash_bins"], params["rows_per_band"]
+    keys = np.zeros((n, bins // rpb), dtype=np.uint64)
+    live = np.zeros(n, dtype=bool)
+    for lo in range(0, n, params["chunk_docs"]):
+        hi = min(n, lo + params["chunk_docs"])
+        d, h = drop_shingles(*shingle_hashes(texts.slice(lo, hi - lo), k), stop)
+        # specific shingles a report (occurrences: a 5-gram rarely repeats within one summary)
+        ok = np.bincount(d, minlength=hi - lo) >= params["min_shingles"]
+        sel = ok[d] if len(d) else np.zeros(0, dtype=bool)
+        sig = minhash_signatures(d[sel], h[sel], hi - lo, bins)
+        keys[lo:hi] = band_keys(sig, rpb)
+        live[lo:hi] = ok
+
+    i, j = lsh_candidate_pairs(keys, live, params["max_bucket"])  # i < j: i is the earlier report
+    if len(i) == 0:
+        return pl.DataFrame()
+    project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").alias("p"))["p"].to_numpy()
+    docs = np.unique(np.r_[i, j])
+    d, h = drop_shingles(*shingle_hashes(texts.gather(docs), k), stop)
+    jac = jaccard_pairs(docs[d], h, i, j)
+    n_sh = pl.DataFrame({"doc": docs[d], "h": h}).unique().group_by("doc").len()
+
+    pairs = pl.DataFrame({"doc": j.astype(np.uint32), "orig": i.astype(np.uint32), "jaccard": np.round(jac, 4),
+                          "same_project": project[i] == project[j]})
+    own = pairs.filter(pl.col("same_project")).group_by("doc").agg(pl.col("jaccard").max().alias("own_jaccard"))
+    best = (
+        pairs.filter(~pl.col("same_project"))
+        .sort("doc", "jaccard", "orig", descending=[False, True, False])
+        .group_by("doc", maintain_order=True)
+        .agg(pl.col("orig").first(), pl.col("jaccard").first(), pl.len().alias("candidates"))
+        .join(own, on="doc", how="left")
+        # A report closer to an earlier report of its own project continues its own text: no verdict.
+        .filter(~(pl.col("own_jaccard") >= pl.col("jaccard")).fill_null(False))
+    )
+    if best.is_empty():
+        return pl.DataFrame()
+    meta = reports.select("doc", "source_id", "report_id", "project_id", "submitted_at")
+    sizes = n_sh.select(pl.col("doc").cast(pl.UInt32), pl.col("len").alias("shingles"))
+    return (
+        best.join(meta, on="doc")
+        .join(sizes, on="doc", how="left")
+        .join(meta.rename({"doc": "orig", "source_id": "original_source_id", "report_id": "original_report_id",
+                           "project_id": "original_project_id", "submitted_at": "original_submitted_at"}), on="orig")
+        .join(sizes.rename({"doc": "orig", "shingles": "original_shingles"}), on="orig", how="left")
+        .with_columns(pl.lit(len(stop)).alias("boilerplate_shingles"))
+        .drop("doc", "orig")
+        .sort("source_id", "report_id")
+    )
+
+
+def checks(params: dict) -> list[Check]:
+    return [
+        Check(RULE_ID, gx.expectations.ExpectColumnValuesToBeBetween(
+            column="jaccard", max_value=params["max_jaccard"], strict_max=True), ENTITY_TYPE,
+            "汇报内容与其他项目此前的汇报高度雷同"),
+    ]
+
+
+def detail(params: dict) -> pl.Expr:
+    return pl.struct(
+        "jaccard",
+        pl.lit(params["max_jaccard"]).alias("max_jaccard"),
+        pl.lit(params["shingle_k"]).alias("shingle_k"),
+        "project_id",
+        ts_json("submitted_at").alias("submitted_at"),
+        "original_report_id",
+        "original_project_id",
+        "original_source_id",
+        ts_json("original_submitted_at").alias("original_submitted_at"),
+        "shingles",
+        "original_shingles",
+        "candidates",
+    ).struct.json_encode()

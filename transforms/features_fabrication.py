@@ -1,0 +1,402 @@
+"""Feature helpers for the `fabrication` rules (F1–F7): pure Polars / numpy, vectorized, no all-pairs.
+
+- `report_sequence`: the reports of each project in filing order, with the previous report beside each.
+- `phash_u64`, `near_pairs`: 64-bit perceptual hashes and every pair of distinct values within a
+  Hamming distance, by multi-index hashing (pigeonhole on bands: no all-pairs).
+- `earliest_other_project`: for rows grouped by "the same content", the earliest row of another project.
+- `shingle_hashes`, `boilerplate_shingles`, `minhash_signatures`, `lsh_candidate_pairs`, `jaccard_pairs`:
+  character n-gram near-duplicate detection for Chinese text (no word boundaries needed).
+- `digit_profile`: first-digit (Benford), last-digit and round-number counts of a set of numbers per entity.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+import polars as pl
+
+# --------------------------------------------------------------------------------------------------
+# shared
+# --------------------------------------------------------------------------------------------------
+
+_U64 = np.uint64
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """A fast, well-mixed 64-bit finalizer (uint64 in, uint64 out; wraps on overflow by design)."""
+    with np.errstate(over="ignore"):
+        x = x + _U64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> _U64(27))) * _U64(0x94D049BB133111EB)
+        return x ^ (x >> _U64(31))
+
+
+def report_sequence(reports: pl.DataFrame) -> pl.DataFrame:
+    """Reports of each project in filing order (submitted_at, then report_id), numbered `seq` from 0,
+    with `prev_report_id`, `prev_progress` (the previous report that states a progress) and
+    `prev_submitted_at` beside each. Reports without a project are dropped."""
+    r = reports.filter(pl.col("project_id").is_not_null()).sort("source_id", "project_id", "submitted_at", "report_id")
+    over = ["source_id", "project_id"]
+    return r.with_columns(
+        pl.int_range(pl.len()).over(over).alias("seq"),
+        pl.col("report_id").shift(1).over(over).alias("prev_report_id"),
+        pl.col("submitted_at").shift(1).over(over).alias("prev_submitted_at"),
+        pl.col("progress_pct").shift(1).forward_fill().over(over).alias("prev_progress"),
+    )
+
+
+def ts_json(col: str | pl.Expr) -> pl.Expr:
+    """A timestamp as ISO-8601 text with its offset (readable in a flag's detail)."""
+    expr = pl.col(col) if isinstance(col, str) else col
+    return expr.dt.strftime("%Y-%m-%dT%H:%M:%S%:z")
+
+
+# --------------------------------------------------------------------------------------------------
+# perceptual hashes
+# --------------------------------------------------------------------------------------------------
+
+
+def phash_u64(col: str = "phash") -> pl.Expr:
+    """16 hex characters → UInt64 (null when absent or malformed)."""
+    text = pl.col(col).str.strip_chars().str.to_lowercase()
+    ok = text.str.contains(r"^[0-9a-f]{16}$")
+    return pl.when(ok).then(text.str.to_integer(base=16, dtype=pl.UInt64, strict=False)).otherwise(None)
+
+
+def _bands(n_bands: int) -> list[tuple[int, int]]:
+    """(shift, width) of `n_bands` nearly equal bit fields covering 64 bits."""
+    widths = [64 // n_bands + (1 if i < 64 % n_bands else 0) for i in range(n_bands)]
+    out, shift = [], 0
+    for w in widths:
+        out.append((shift, w))
+        shift += w
+    return out
+
+
+def _pairs_in_runs(keys_sorted: np.ndarray, max_offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (p, q), p < q, of every pair of equal neighbours in a sorted key array (each item paired
+    with at most `max_offset` followers in its run, which bounds a pathological bucket)."""
+    n = len(keys_sorted)
+    if n < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, keys_sorted[1:] != keys_sorted[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    multi = lengths >= 2
+    if not multi.any():
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    starts, lengths = starts[multi], lengths[multi]
+    pos = np.repeat(starts, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    remaining = np.repeat(starts + lengths, lengths) - pos - 1  # followers left in the run
+    ps, qs = [], []
+    for k in range(1, min(int(remaining.max()), max_offset) + 1):
+        sel = remaining >= k
+        pos, remaining = pos[sel], remaining[sel]
+        ps.append(pos)
+        qs.append(pos + k)
+    return np.concatenate(ps), np.concatenate(qs)
+
+
+def near_pairs(values: np.ndarray, max_dist: int, max_bucket: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair (i, j), i < j, of DISTINCT 64-bit values with Hamming distance ≤ `max_dist`.
+
+    Multi-index hashing: split the 64 bits into `max_dist + 2` bands; two values within `max_dist` bits
+    agree exactly on at least two bands (pigeonhole), so bucketing on every pair of bands finds every
+    such pair, with ~21-bit keys for max_dist 4 (few random collisions), and the exact popcount of the
+    XOR settles each candidate. Returns index arrays into `values` and the distances.
+    """
+    values = np.asarray(values, dtype=np.uint64)
+    n = len(values)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+    if n < 2 or max_dist < 1:
+        return empty
+    bands = _bands(max_dist + 2)
+    fields = [(values >> _U64(s)) & _U64((1 << w) - 1) for s, w in bands]
+    found: list[np.ndarray] = []
+    for a, b in combinations(range(len(bands)), 2):
+        key = (fields[a] << _U64(bands[b][1])) | fields[b]
+        order = np.argsort(key, kind="stable")
+        p, q = _pairs_in_runs(key[order], max_bucket)
+        if len(p) == 0:
+            continue
+        i, j = order[p], order[q]
+        d = np.bitwise_count(values[i] ^ values[j]).astype(np.int64)
+        keep = (d <= max_dist) & (d > 0)
+        i, j = np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep])
+        found.append(i.astype(np.int64) * n + j)
+    if not found:
+        return empty
+    code = np.unique(np.concatenate(found))
+    i, j = code // n, code % n
+    return i, j, np.bitwise_count(values[i] ^ values[j]).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# "the same content" across projects
+# --------------------------------------------------------------------------------------------------
+
+
+def group_summary(rows: pl.DataFrame) -> pl.DataFrame:
+    """`rows`: grp, row (int), project (int), unit (str), t (sortable), and any id columns.
+
+    Per group: the first row overall (`row1`, `project1`, `t1`), the first row of the second project to
+    appear (`row2`, `project2`, `t2`, null when one project), and how many projects and units."""
+    first_per_project = (
+        rows.sort("t", "row")
+        .group_by("grp", "project", maintain_order=True)
+        .agg(pl.col("row").first(), pl.col("t").first())
+        .sort("grp", "t", "row")
+    )
+    firsts = first_per_project.group_by("grp", maintain_order=True).agg(
+        pl.col("row").first().alias("row1"), pl.col("project").first().alias("project1"), pl.col("t").first().alias("t1"),
+        pl.col("row").slice(1, 1).first().alias("row2"), pl.col("project").slice(1, 1).first().alias("project2"),
+        pl.col("t").slice(1, 1).first().alias("t2"),
+        pl.len().alias("n_projects"),
+    )
+    units = rows.group_by("grp").agg(pl.col("unit").n_unique().alias("n_units"), pl.len().alias("n_rows"))
+    return firsts.join(units, on="grp", how="left")
+
+
+def earliest_other_project(rows: pl.DataFrame, links: pl.DataFrame, summary: pl.DataFrame) -> pl.DataFrame:
+    """For each row, the earliest row of ANOTHER project that holds the same content, uploaded before it.
+
+    `rows`: row, grp, project, t. `links`: grp → grp2 with `dist` and `via` (how the two hold the same
+    content; a group links to itself at 0, and to near groups). `summary`: `group_summary` of the groups.
+    Returns row, orig_row, orig_t, dist, via for rows that have such an original (the earliest one; ties
+    by row, then the closest match)."""
+    cand = (
+        rows.select("row", "grp", "project", "t")
+        .join(links, on="grp", how="inner")
+        .join(summary.select("grp", "row1", "project1", "t1", "row2", "project2", "t2").rename({"grp": "grp2"}),
+              on="grp2", how="inner")
+        .with_columns(
+            pl.when(pl.col("project1") != pl.col("project")).then(pl.col("row1")).otherwise(pl.col("row2")).alias("orig_row"),
+            pl.when(pl.col("project1") != pl.col("project")).then(pl.col("t1")).otherwise(pl.col("t2")).alias("orig_t"),
+        )
+        .filter(
+            pl.col("orig_row").is_not_null()
+            & ((pl.col("orig_t") < pl.col("t")) | ((pl.col("orig_t") == pl.col("t")) & (pl.col("orig_row") < pl.col("row"))))
+        )
+    )
+    return (
+        cand.sort("orig_t", "orig_row", "dist", pl.col("via") != "sha256")
+        .group_by("row", maintain_order=True)
+        .agg(pl.col("orig_row").first(), pl.col("orig_t").first(), pl.col("dist").first(), pl.col("via").first())
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# text near-duplicates: shingles, document frequency, MinHash, LSH, exact Jaccard
+# --------------------------------------------------------------------------------------------------
+
+# Keep the characters that carry content: Han, letters, digits. Punctuation and spacing vary freely
+# between a text and its copy, so they are dropped before shingling.
+_NOT_CONTENT = r"[^\p{Han}\p{L}\p{N}]+"
+
+
+def normalize_text(col: str = "summary") -> pl.Expr:
+    return (
+        pl.col(col).fill_null("")
+        .str.replace_all(r"<[^>]*>", "")
+        .str.to_lowercase()
+        .str.replace_all(_NOT_CONTENT, "")
+    )
+
+
+def shingle_hashes(texts: pl.Series, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Character k-gram hashes of each text (already normalized): (doc index, uint64 hash) arrays, one
+    entry per shingle occurrence, vectorized over the whole batch (UTF-32 code points, rolling hash)."""
+    texts = texts.fill_null("")
+    lengths = texts.str.len_chars().to_numpy().astype(np.int64)
+    n_chars = int(lengths.sum())
+    if n_chars == 0:
+        return np.empty(0, np.int64), np.empty(0, np.uint64)
+    joined = "".join(texts.to_list())
+    cps = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    n_sh = np.maximum(lengths - k + 1, 0)
+    if int(n_sh.sum()) == 0:
+        return np.empty(0, np.int64), np.empty(0, np.uint64)
+    # Rolling hash at every position of the concatenation, then keep windows inside one text.
+    m = len(cps) - k + 1
+    h = np.zeros(m, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(k):
+            h = h * _U64(0x100000001B3) + cps[j:j + m]
+    doc_of = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)[:m]
+    ends = np.cumsum(lengths)
+    valid = np.arange(m) + k <= ends[doc_of]
+    doc, h = doc_of[valid], h[valid]
+    return doc, _splitmix64(h)
+
+
+def boilerplate_shingles(doc: np.ndarray, h: np.ndarray, n_docs: int, max_df_share: float,
+                         min_df_docs: int) -> np.ndarray:
+    """Shingle hashes found in at least max(`max_df_share` of the documents, `min_df_docs`) documents:
+    the phrases everybody writes. Sorted (for `np.isin`/searchsorted)."""
+    if len(h) == 0:
+        return np.empty(0, np.uint64)
+    frame = pl.DataFrame({"doc": doc, "h": h}).unique()
+    df = frame.group_by("h").len()
+    limit = max(float(min_df_docs), max_df_share * n_docs)
+    return np.sort(df.filter(pl.col("len") >= limit)["h"].to_numpy().astype(np.uint64))
+
+
+def member(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """x ∈ sorted_set, elementwise, by binary search (numpy's isin hashes the whole input: far slower
+    on tens of millions of uint64)."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(x), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, x), len(sorted_set) - 1)
+    return sorted_set[pos] == x
+
+
+def drop_shingles(doc: np.ndarray, h: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Remove the shingles in `stop` (sorted)."""
+    if len(stop) == 0 or len(h) == 0:
+        return doc, h
+    keep = ~member(h, stop)
+    return doc[keep], h[keep]
+
+
+def _oph(doc: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int) -> np.ndarray:
+    """One-permutation MinHash with rotation densification (Shrivastava & Li 2014): the top bits of each
+    shingle hash pick one of `n_bins` bins, the rest is the value; a bin left empty borrows from the next
+    non-empty bin. (n_docs, n_bins) uint64; an all-max row is a document without shingles."""
+    bits = int(np.log2(n_bins))
+    sentinel = np.iinfo(np.uint64).max
+    sig = np.full((n_docs, n_bins), sentinel, dtype=np.uint64)
+    if len(h) == 0:
+        return sig
+    b = (h >> _U64(64 - bits)).astype(np.int64) if bits else np.zeros(len(h), np.int64)
+    v = h & _U64((1 << (64 - bits)) - 1)
+    flat = doc.astype(np.int64) * n_bins + b
+    np.minimum.at(sig.reshape(-1), flat, v)  # unbuffered in-place minimum per (doc, bin)
+    has_any = ~(sig == sentinel).all(axis=1)
+    filled = sig.copy()
+    offset = _U64(1 << (64 - bits))  # borrowed values stay distinct from native ones of the bin
+    for shift in range(1, n_bins):
+        todo = (filled == sentinel) & has_any[:, None]
+        if not todo.any():
+            break
+        donor = np.roll(sig, -shift, axis=1)
+        ok = todo & (donor != sentinel)
+        with np.errstate(over="ignore"):
+            filled[ok] = donor[ok] + offset * _U64(shift)
+    return filled
+
+
+def minhash_signatures(doc: np.ndarray, h: np.ndarray, n_docs: int, n_values: int,
+                       bins_per_round: int = 8) -> np.ndarray:
+    """`n_values` MinHash values per document: `n_values / bins_per_round` rounds of one-permutation
+    hashing, each with its own re-mix of the shingle hashes. Few bins a round keep short documents from
+    leaving bins empty (densified bins of one donor would make unrelated short texts collide); many
+    rounds keep the cost at one pass over the shingles per round, not one per value."""
+    assert n_values % bins_per_round == 0 and (bins_per_round & (bins_per_round - 1)) == 0
+    out = np.empty((n_docs, n_values), dtype=np.uint64)
+    # Round r re-hashes by multiplying with a random odd constant: a bijection of the (already mixed)
+    # shingle hashes whose top bits are a universal hash (multiply-shift), at one multiply a shingle.
+    mult = np.random.default_rng(0x5EED).integers(1, 2**63, n_values // bins_per_round, dtype=np.int64)
+    for r, a in enumerate(mult.astype(np.uint64) * _U64(2) + _U64(1)):
+        with np.errstate(over="ignore"):
+            hr = h * a
+        out[:, r * bins_per_round:(r + 1) * bins_per_round] = _oph(doc, hr, n_docs, bins_per_round)
+    return out
+
+
+def band_keys(sig: np.ndarray, rows_per_band: int) -> np.ndarray:
+    """LSH band keys: one uint64 per band of `rows_per_band` signature values, (n_docs, n_bands)."""
+    n, n_bins = sig.shape
+    n_bands = n_bins // rows_per_band
+    keys = np.zeros((n, n_bands), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for band in range(n_bands):
+            key = np.full(n, _U64(band), dtype=np.uint64)
+            for c in range(band * rows_per_band, (band + 1) * rows_per_band):
+                key = _splitmix64(key ^ sig[:, c])
+            keys[:, band] = key
+    return keys
+
+
+def lsh_candidate_pairs(keys: np.ndarray, live: np.ndarray, max_bucket: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of live documents (i < j) that agree on all values of at least one band (equal band key).
+    A bucket larger than `max_bucket` pairs each member with its `max_bucket` next members only."""
+    n = keys.shape[0]
+    idx = np.flatnonzero(live)
+    code = np.empty(0, np.int64)
+    for band in range(keys.shape[1]):
+        key = keys[idx, band]
+        order = np.argsort(key, kind="stable")
+        p, q = _pairs_in_runs(key[order], max_bucket)
+        if len(p):
+            i, j = idx[order[p]], idx[order[q]]
+            # merged band by band: a close pair agrees on most bands, so the union stays small
+            code = np.union1d(code, np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
+    return code // n, code % n
+
+
+def jaccard_pairs(doc: np.ndarray, h: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of documents a[i] and b[i] (`doc`, `h`: shingles, repeats allowed).
+
+    Vectorized: each pair's shingles are keyed by (pair, shingle) on both sides, and the intersection is
+    the number of a-side keys also on the b-side (one sorted membership test for all pairs)."""
+    if len(a) == 0:
+        return np.empty(0, dtype=np.float64)
+    sets = pl.DataFrame({"doc": doc.astype(np.int64), "h": h}).unique().sort("doc")
+    sdoc, sh = sets["doc"].to_numpy(), sets["h"].to_numpy()
+    ids, first, size = np.unique(sdoc, return_index=True, return_counts=True)
+
+    def side(docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.searchsorted(ids, docs)
+        ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == docs)
+        n = np.where(ok, size[np.minimum(pos, len(ids) - 1)], 0)
+        pair = np.repeat(np.arange(len(docs)), n)
+        off = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        rows = np.repeat(first[np.minimum(pos, len(ids) - 1)], n) + off
+        with np.errstate(over="ignore"):
+            key = _splitmix64(sh[rows] ^ _splitmix64(pair.astype(np.uint64)))
+        return n, pair, key
+
+    na, pair_a, key_a = side(np.asarray(a, dtype=np.int64))
+    nb, _, key_b = side(np.asarray(b, dtype=np.int64))
+    order = np.argsort(key_a)  # sorted queries: the binary searches walk memory in order
+    inter = np.bincount(pair_a[order[member(key_a[order], np.sort(key_b))]], minlength=len(a))
+    union = na + nb - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# digits
+# --------------------------------------------------------------------------------------------------
+
+BENFORD_FIRST = np.log10(1 + 1 / np.arange(1, 10))
+
+
+def digit_columns(value: str = "metric_value") -> list[pl.Expr]:
+    """Per value: its first significant digit (1–9, positive values), and for whole numbers ≥ 10 its last
+    digit (0–9) — smaller numbers have one digit, which the first-digit test already reads."""
+    v = pl.col(value)
+    pos = v.is_finite() & (v > 0)
+    exp = v.log10().floor()
+    first = (v / pl.lit(10.0).pow(exp) + 1e-9).floor().clip(1, 9).cast(pl.Int8)
+    whole = pos & (v == v.round(0)) & (v >= 10) & (v < 1e15)
+    last = (v.round(0).cast(pl.Int64) % 10).cast(pl.Int8)
+    return [
+        pl.when(pos).then(first).otherwise(None).alias("first_digit"),
+        pl.when(whole).then(last).otherwise(None).alias("last_digit"),
+    ]
+
+
+def digit_profile(values: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """`values`: keys + metric_value. Per entity: n_first and the count of each first digit 1–9
+    (`fd1`…`fd9`), n_last and the count of each last digit 0–9 (`ld0`…`ld9`)."""
+    d = values.with_columns(digit_columns())
+    first = d.filter(pl.col("first_digit").is_not_null()).group_by(keys).agg(
+        pl.len().alias("n_first"), *[(pl.col("first_digit") == k).sum().alias(f"fd{k}") for k in range(1, 10)]
+    )
+    last = d.filter(pl.col("last_digit").is_not_null()).group_by(keys).agg(
+        pl.len().alias("n_last"), *[(pl.col("last_digit") == k).sum().alias(f"ld{k}") for k in range(10)]
+    )
+    out = d.select(keys).unique().join(first, on=keys, how="left").join(last, on=keys, how="left")
+    counts = ["n_first", *[f"fd{k}" for k in range(1, 10)], "n_last", *[f"ld{k}" for k in range(10)]]
+    return out.with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in counts)
