@@ -91,6 +91,11 @@ class Planter:
         if whole_project:
             self.s.used_projects.update(int(p) for p in self.s.reports["_proj"][reports])
 
+    def still_free(self, report: int) -> bool:
+        """Candidates are drawn once per loop; an earlier plant in the same loop may have taken the
+        project since, and two plants in one project can undo each other."""
+        return int(self.s.reports["_proj"][report]) not in self.s.used_projects
+
     def items(self, report: int) -> np.ndarray:
         return np.arange(self.first[report], self.first[report] + self.count[report])
 
@@ -316,6 +321,8 @@ class Planter:
         prev_ok = np.r_[False, self.ordinary[:-1]]
         k = max(1, round(self.quota * 0.5))
         for i in self.choose(self.free_reports(ok & prev_ok), k):
+            if not self.still_free(i):
+                continue
             prog[i] = max(0.0, prev[i] - float(self.rng.integers(12, 26)))
             self.take([i - 1, i], whole_project=True)
             self.label("F3", "report", i)
@@ -325,6 +332,8 @@ class Planter:
         is_last[(self.proj_first + self.n_rep_proj - 1)[self.n_rep_proj > 0]] = True
         ms_out = np.bincount(r["_ms"], weights=self.n_out, minlength=len(m["_proj"])) > 0
         for i in self.choose(self.free_reports(is_last & interim_open & ms_out[r["_ms"]] & (prog < 90)), k):
+            if not self.still_free(i):
+                continue
             prog[i] = 100.0
             self.take([i], whole_project=True)
             self.label("F3", "report", i)
@@ -339,6 +348,8 @@ class Planter:
         clean3 = self.ordinary & np.r_[self.ordinary[1:], False] & np.r_[self.ordinary[2:], False, False]
         no_f5 = ~(self.f5_reports | np.r_[self.f5_reports[1:], False] | np.r_[self.f5_reports[2:], False, False])
         for i in self.choose(self.free_reports(has3 & clean3 & no_f5), max(1, round(self.quota * 0.5))):
+            if not self.still_free(i):
+                continue
             repeats = [i + 1, i + 2]
             r["progress_pct"][repeats] = r["progress_pct"][i]
             src_rows = np.flatnonzero(mt["_rep"] == i)
