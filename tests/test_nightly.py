@@ -85,6 +85,7 @@ def test_flags_cover_the_contract_and_deadline_rules(city, night):
     flags = pl.read_parquet(layout.mart_partition("dq_flags", AS_OF))
     rules = set(flags["rule_id"].unique())
     assert {"C1", "C2", "C3", "D1", "D2", "D3"} <= rules
+    assert set(flags["family"].unique()) == {"traces", "fabrication", "deadline", "contract"}
     for detail in flags["detail"].head(200):
         json.loads(detail)  # every detail is JSON
     labels = pl.read_csv(city / "labels.csv", infer_schema=False)
@@ -93,6 +94,13 @@ def test_flags_cover_the_contract_and_deadline_rules(city, night):
     assert c1_truth <= c1_found
     assert result.failed_sources  # the unreachable source failed; the others completed
     assert len(result.failed_sources) < len(result.outcomes)
+
+
+def test_data_docs_built_for_the_date(night):
+    layout, _ = night
+    index = layout.docs(AS_OF) / "index.html"
+    assert index.is_file()
+    assert list((layout.docs(AS_OF) / "validations").rglob("*.html"))
 
 
 def test_run_records_written(night):
