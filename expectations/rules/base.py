@@ -23,10 +23,11 @@ from datetime import date
 from types import ModuleType
 from typing import Any
 
+import great_expectations as gx
 import polars as pl
 
 from expectations.catalog import empty_flags, flag_frame
-from expectations.gx_runner import Validator
+from expectations.gx_runner import Check, Validator
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,19 @@ class RuleContext:
 
         frame = self.silver.get(name)
         return empty(name) if frame is None else frame
+
+
+def within_threshold(rule_id: str, entity_type: str, value_column: str, note: str) -> Check:
+    """The usual fence check: `value_column` must not exceed the row's own `threshold` (a NULL threshold
+    means no verdict, and GX skips the row)."""
+    return Check(
+        rule_id,
+        gx.expectations.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="threshold", column_B=value_column, or_equal=True, ignore_row_if="either_value_is_missing",
+        ),
+        entity_type,
+        note,
+    )
 
 
 def run_rule(module: ModuleType, ctx: RuleContext, validator: Validator, params: dict[str, Any]) -> pl.DataFrame:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import great_expectations as gx
 import polars as pl
 
 from expectations.gx_runner import Check
-from expectations.rules.base import RuleContext
+from expectations.rules.base import RuleContext, within_threshold
 from expectations.settings import Param
 from transforms.features_traces import fence_detail_fields, fmt_time, report_stages, robust_fence
 
@@ -78,16 +77,7 @@ def features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
 
 
 def checks(params: dict[str, Any]) -> list[Check]:
-    return [
-        Check(
-            RULE_ID,
-            gx.expectations.ExpectColumnPairValuesAToBeGreaterThanB(
-                column_A="threshold", column_B="n_reports", or_equal=True, ignore_row_if="either_value_is_missing",
-            ),
-            ENTITY_TYPE,
-            "同一节点汇报次数超过同阶段常态阈值",
-        )
-    ]
+    return [within_threshold(RULE_ID, ENTITY_TYPE, "n_reports", "同一节点汇报次数超过同阶段常态阈值")]
 
 
 def detail(params: dict[str, Any]) -> pl.Expr:
