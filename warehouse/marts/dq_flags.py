@@ -4,7 +4,10 @@ Grain: one row per rule hit on one entity — (source_id, rule_id, entity_type, 
 which tells apart two hits of one rule on one entity (rare; e.g. two impossible timestamps). Rows that
 are exact duplicates (same rule, entity and detail) carry nothing new and are kept once.
 
-`rule_title` is added from the rule catalog (Chinese title) so the mart reads on its own.
+`rule_title` is added from the rule catalog (Chinese title) so the mart reads on its own, and
+`project_id` names the project the flagged entity belongs to (a project, or one of its milestones,
+stage reports or evidence items; NULL for persons, units, problems and sources), so an analyst can
+filter one project's flags without joining silver.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import polars as pl
 
 from expectations.catalog import RULES
-from warehouse.marts import MartInputs, conform, with_as_of
+from warehouse.marts import MartInputs, conform, entity_projects, with_as_of
 
 NAME = "dq_flags"
 
@@ -26,6 +29,10 @@ COLUMNS: dict[str, tuple[pl.DataType, str]] = {
         "kind of entity flagged: project, milestone, report, evidence, problem, person, unit, source",
     ),
     "entity_id": (pl.String(), "the source's own id of the flagged entity (for source: the registry id)"),
+    "project_id": (
+        pl.String(),
+        "project the flagged entity belongs to (project, milestone, report, evidence); NULL otherwise",
+    ),
     "rule_title": (pl.String(), "the rule's title (Chinese) from the rule catalog"),
     "severity": (pl.String(), "info | warning | critical"),
     "detail": (pl.String(), "JSON text with the figures that fired the rule"),
@@ -42,5 +49,6 @@ def build(ctx: MartInputs) -> pl.DataFrame:
         .with_columns(
             rule_title=pl.col("rule_id").replace_strict(titles, default=None, return_dtype=pl.String)
         )
+        .join(entity_projects(ctx), on=["source_id", "entity_type", "entity_id"], how="left")
     )
     return conform(with_as_of(df, ctx.as_of), COLUMNS, KEYS)

@@ -1,8 +1,8 @@
-"""project_health (项目体检): where every project stands as of the business date.
+"""project_health (项目体检): where every project stands as of the business date, and how healthy it is.
 
 Grain: one row per project — (source_id, project_id).
 
-Definitions (see also the conventions in `warehouse.marts`):
+Definitions (see also the conventions in `warehouse.marts` and the components in `warehouse.marts.scoring`):
 
 * current_stage: the earliest stage (initiation < implementation < interim_result < acceptance) that
   has a milestone not yet completed; "acceptance" when every milestone is completed; NULL when the
@@ -14,11 +14,30 @@ Definitions (see also the conventions in `warehouse.marts`):
 * milestones_on_time / milestones_late: completed on or before due date / completed after it or still
   open past it. Open milestones not yet due count in neither.
 
-health_score (0–100, float), a deliberately simple formula for now:
+health_score (0–100) is the weighted mean of four components (each a column, each 0–100, NULL when there
+is nothing to judge; weights renormalized over the defined ones; weights in `scoring.PROJECT_HEALTH`):
 
-    100 − 10 × milestones_late − min(days_overdue, 30) − 5 × flags_traces − 15 × flags_fabrication
+* schedule_score (w 35): timeliness of milestones — 100 × on-time share of decided milestones, minus 1
+  point per day the overdue ones are late on average (at most 30).
+* management_score (w 15): regular, timely reporting — mean of the share of decided milestones with a
+  report filed against them on or before their due date and, for an in-progress project, the freshness of
+  its last report (of its planned start while nothing is reported yet): full up to 60 days, 0 at 180.
+* completion_quality_score (w 20): outcome evidence behind what is claimed complete — completed milestones
+  with a document/ledger on a report against them, over completed milestones (+1 when the project is
+  marked completed without a completed acceptance milestone).
+* integrity_score (w 30): 100 − 15 per fabrication flag − 5 per traces flag (F7 excluded: it is what
+  completion_quality measures).
 
-clipped to [0, 100]. rag: green when health_score ≥ 80, amber when ≥ 60, red below 60.
+rag, on the meaning of the UK Infrastructure and Projects Authority's delivery confidence scale:
+
+* green — delivery on time and to quality highly likely, no major outstanding issue: health_score ≥ 80,
+  no fabrication flag, nothing 90+ days overdue.
+* amber — delivery feasible but significant issues need management attention: 60 ≤ score < 80, or a
+  green-scoring project with a fabrication flag.
+* red — delivery in doubt without urgent action: score < 60, or a milestone open 90+ days past due.
+
+`rag_reason` says which rule decided. `health_score_change` compares with the previous partition in the
+warehouse (NULL on the first night, or for a project new since then).
 """
 
 from __future__ import annotations
@@ -26,12 +45,17 @@ from __future__ import annotations
 import polars as pl
 
 from transforms.schema import STAGES
-from warehouse.marts import MartInputs, conform, milestone_facts, project_flags, reports_as_of, with_as_of
+from warehouse.marts import (
+    MartInputs,
+    conform,
+    previous,
+    project_facts,
+    reports_as_of,
+    scoring,
+    with_as_of,
+)
 
 NAME = "project_health"
-
-GREEN_AT = 80.0
-AMBER_AT = 60.0
 
 COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "as_of": (pl.Date(), "business date the health check describes"),
@@ -39,9 +63,12 @@ COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "project_id": (pl.String(), "the source's project id"),
     "project_code": (pl.String(), "the project's own code, as the source writes it"),
     "title": (pl.String(), "project title"),
+    "category": (pl.String(), "project category, as the source writes it"),
     "unit_code": (pl.String(), "responsible unit"),
     "owner_id": (pl.String(), "responsible person (责任人)"),
+    "leader_id": (pl.String(), "responsible leader (责任领导); NULL when none is named"),
     "status": (pl.String(), "project status: planning, in_progress, completed, suspended, cancelled"),
+    "planned_end": (pl.Date(), "planned end date of the project"),
     "current_stage": (
         pl.String(),
         "earliest stage with an open milestone; acceptance when all are done; NULL without milestones",
@@ -53,67 +80,122 @@ COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "milestones_completed": (pl.Int64(), "milestones completed on or before as_of"),
     "milestones_on_time": (pl.Int64(), "milestones completed on or before their due date"),
     "milestones_late": (pl.Int64(), "milestones completed after their due date, or open and past it"),
+    "milestones_overdue": (pl.Int64(), "open milestones past their due date (a subset of late)"),
+    "milestones_reported_on_time": (
+        pl.Int64(),
+        "decided milestones with a stage report against them filed on or before their due date",
+    ),
+    "milestones_backed": (
+        pl.Int64(),
+        "completed milestones with outcome evidence (document, ledger) on a report against them",
+    ),
     "reports_filed": (pl.Int64(), "stage reports submitted on or before as_of"),
+    "last_report_on": (pl.Date(), "local date of the latest stage report up to as_of; NULL if none"),
+    "days_since_last_report": (pl.Int64(), "as_of − last_report_on; NULL if no report"),
     "flags_traces": (pl.Int64(), "traces-family flags on the project or its milestones, reports, evidence"),
     "flags_fabrication": (
         pl.Int64(),
         "fabrication-family flags on the project or its milestones, reports, evidence",
     ),
-    "health_score": (pl.Float64(), "0–100: 100 − 10·late − min(days_overdue,30) − 5·traces − 15·fabrication"),
-    "rag": (pl.String(), "green (score ≥ 80) / amber (≥ 60) / red"),
+    "flags_deadline": (pl.Int64(), "deadline-family flags (D1, D2) on the project's milestones"),
+    "flags_contract": (pl.Int64(), "contract-family flags (C2, C3) on the project or its records"),
+    "flags_critical": (pl.Int64(), "flags of any family with severity critical"),
+    "rules_fired": (pl.List(pl.String()), "distinct rule ids that fired on the project or its records"),
+    "schedule_score": (
+        pl.Float64(),
+        "0–100 timeliness: 100 × on-time share of decided milestones − mean days overdue (capped); "
+        "NULL when none decided",
+    ),
+    "management_score": (
+        pl.Float64(),
+        "0–100 reporting: mean of on-time-reported share and freshness of the last report (active projects)",
+    ),
+    "completion_quality_score": (
+        pl.Float64(),
+        "0–100 share of completions backed by outcome evidence; NULL when nothing is completed",
+    ),
+    "integrity_score": (pl.Float64(), "0–100: 100 − 15 per fabrication flag − 5 per traces flag (F7 excluded)"),
+    "health_score": (pl.Float64(), "0–100 weighted mean of the four component scores (weights in scoring.py)"),
+    "rag": (pl.String(), "green / amber / red delivery confidence (cut-offs and overrides in scoring.py)"),
+    "rag_reason": (pl.String(), "the rule that set rag, with its figures"),
+    "prev_as_of": (pl.Date(), "as_of of the previous health check in the warehouse; NULL if none"),
+    "health_score_change": (pl.Float64(), "health_score − the previous health check's; NULL if none"),
 }
 
 KEYS: tuple[str, ...] = ("source_id", "project_id")
 
-_STAGE_RANK = {s: i for i, s in enumerate(STAGES)}
+
+def components(p: dict, per: str | None = None) -> dict[str, pl.Expr]:
+    """The four component expressions over pooled counts (see `warehouse.marts.project_facts`)."""
+    return {
+        "schedule_score": scoring.schedule(p),
+        "management_score": scoring.management(p),
+        "completion_quality_score": scoring.completion_quality(),
+        "integrity_score": scoring.integrity(p, per),
+    }
+
+
+def weights(p: dict) -> dict[str, float]:
+    return {
+        "schedule_score": p["w_schedule"],
+        "management_score": p["w_management"],
+        "completion_quality_score": p["w_completion_quality"],
+        "integrity_score": p["w_integrity"],
+    }
+
+
+def rag(p: dict) -> tuple[pl.Expr, pl.Expr]:
+    """(rag, rag_reason) from health_score, days_overdue and flags_fabrication."""
+    score = pl.col("health_score")
+    shown = score.round(1).cast(pl.String)
+    overdue_red = pl.col("days_overdue") >= p["red_overdue_days"]
+    fab = (pl.col("flags_fabrication") > 0) & pl.lit(bool(p["fabrication_blocks_green"]))
+    value = (
+        pl.when(overdue_red)
+        .then(pl.lit("red"))
+        .when(score >= p["green_at"])
+        .then(pl.when(fab).then(pl.lit("amber")).otherwise(pl.lit("green")))
+        .when(score >= p["amber_at"])
+        .then(pl.lit("amber"))
+        .otherwise(pl.lit("red"))
+    )
+    reason = (
+        pl.when(overdue_red)
+        .then(pl.format("overdue {} days ≥ {}", pl.col("days_overdue"), pl.lit(p["red_overdue_days"])))
+        .when((score >= p["green_at"]) & fab)
+        .then(pl.format("score {} ≥ {} but {} fabrication flag(s)", shown, pl.lit(p["green_at"]),
+                        pl.col("flags_fabrication")))
+        .when(score >= p["green_at"])
+        .then(pl.format("score {} ≥ {}", shown, pl.lit(p["green_at"])))
+        .when(score >= p["amber_at"])
+        .then(pl.format("score {} in [{}, {})", shown, pl.lit(p["amber_at"]), pl.lit(p["green_at"])))
+        .otherwise(pl.format("score {} < {}", shown, pl.lit(p["amber_at"])))
+    )
+    return value, reason
 
 
 def build(ctx: MartInputs) -> pl.DataFrame:
+    p = scoring.mart_params(NAME)
     as_of = pl.lit(ctx.as_of, dtype=pl.Date())
+    keys = ["source_id", "project_id"]
     projects = ctx.table("projects").select(
-        "source_id", "project_id", "project_code", "title", "unit_code", "owner_id", "status"
+        "source_id", "project_id", "project_code", "title", "category", "planned_end"
     )
-    ms = milestone_facts(ctx).with_columns(
-        stage_rank=pl.col("stage").replace_strict(_STAGE_RANK, default=len(STAGES), return_dtype=pl.Int64)
-    )
-    open_ms = ~pl.col("is_completed")
-    per_ms = ms.group_by("source_id", "project_id").agg(
-        milestones_total=pl.len().cast(pl.Int64),
-        milestones_completed=pl.col("is_completed").sum().cast(pl.Int64),
-        milestones_on_time=pl.col("is_on_time").sum().cast(pl.Int64),
-        milestones_late=pl.col("is_late").sum().cast(pl.Int64),
-        first_open_rank=pl.col("stage_rank").filter(open_ms).min(),
-        next_due_date=pl.col("due_date").filter(open_ms).min(),
-        first_overdue=pl.col("due_date").filter(pl.col("is_overdue")).min(),
-    )
-    reports = reports_as_of(ctx)
     latest_progress = (
-        reports.filter(pl.col("progress_pct").is_not_null())
+        reports_as_of(ctx)
+        .filter(pl.col("progress_pct").is_not_null())
         .sort("source_id", "project_id", "submitted_at", "report_id")
         .group_by("source_id", "project_id", maintain_order=True)
         .agg(progress_pct=pl.col("progress_pct").last())
     )
-    filed = reports.group_by("source_id", "project_id").agg(reports_filed=pl.len().cast(pl.Int64))
-
-    keys = ["source_id", "project_id"]
+    comps = components(p)
+    w = weights(p)
+    rag_value, rag_reason = rag(p)
     df = (
-        projects.lazy()
-        .join(per_ms.lazy(), on=keys, how="left")
+        project_facts(ctx)
+        .lazy()
+        .join(projects.lazy(), on=keys, how="left")
         .join(latest_progress.lazy(), on=keys, how="left")
-        .join(filed.lazy(), on=keys, how="left")
-        .join(project_flags(ctx).lazy(), on=keys, how="left")
-        .with_columns(
-            pl.col(c).fill_null(0)
-            for c in (
-                "milestones_total",
-                "milestones_completed",
-                "milestones_on_time",
-                "milestones_late",
-                "reports_filed",
-                "flags_traces",
-                "flags_fabrication",
-            )
-        )
         .with_columns(
             current_stage=pl.when(pl.col("milestones_total") == 0)
             .then(None)
@@ -128,23 +210,17 @@ def build(ctx: MartInputs) -> pl.DataFrame:
             .then((as_of - pl.col("first_overdue")).dt.total_days())
             .otherwise(0)
             .cast(pl.Int64),
+            freshness=scoring.freshness(p),
         )
+        .with_columns(**{name: e.round(2) for name, e in comps.items()})
         .with_columns(
-            health_score=(
-                100.0
-                - 10.0 * pl.col("milestones_late")
-                - pl.col("days_overdue").clip(upper_bound=30)
-                - 5.0 * pl.col("flags_traces")
-                - 15.0 * pl.col("flags_fabrication")
-            ).clip(0.0, 100.0)
+            health_score=scoring.weighted_score({n: (pl.col(n), w[n]) for n in comps}),
         )
-        .with_columns(
-            rag=pl.when(pl.col("health_score") >= GREEN_AT)
-            .then(pl.lit("green"))
-            .when(pl.col("health_score") >= AMBER_AT)
-            .then(pl.lit("amber"))
-            .otherwise(pl.lit("red"))
+        .with_columns(rag=rag_value, rag_reason=rag_reason)
+        .join(
+            previous(ctx, NAME, keys, {"health_score": "prev_health_score"}).lazy(), on=keys, how="left"
         )
+        .with_columns(health_score_change=(pl.col("health_score") - pl.col("prev_health_score")).round(2))
         .collect()
     )
     return conform(with_as_of(df, ctx.as_of), COLUMNS, KEYS)
