@@ -33,11 +33,12 @@ postgres:
 demo: install
 	rm -rf $(CITY)
 	$(VENV)/bin/qingfeng simulate --out $(CITY) --sources $(SOURCES) --projects-per-source $(PROJECTS) --seed $(SEED) --as-of $(AS_OF)
-	$(VENV)/bin/qingfeng run --sources $(CITY)/sources.toml --warehouse $(WAREHOUSE) --as-of $(AS_OF)
+	$(VENV)/bin/qingfeng run --sources $(CITY)/sources.toml --warehouse $(WAREHOUSE) --as-of $(AS_OF) --dry-run-mail $(DATA)/outbox
 	@echo
 	@echo "marts:      $(WAREHOUSE)/marts/<mart>/as_of=$(AS_OF)/"
 	@echo "data docs:  $(WAREHOUSE)/docs/as_of=$(AS_OF)/index.html"
 	@echo "quarantine: $(WAREHOUSE)/quarantine/as_of=$(AS_OF)/"
+	@echo "emails:     $(DATA)/outbox/*.eml (alerts written as files, not sent; see the alerts mart)"
 	@echo "query:      $(VENV)/bin/qingfeng query --warehouse $(WAREHOUSE) \"SELECT rag, count(*) FROM project_health GROUP BY rag\""
 	$(VENV)/bin/qingfeng query --warehouse $(WAREHOUSE) "SELECT rule_id, family, count(*) AS flags FROM dq_flags GROUP BY ALL ORDER BY rule_id"
 

@@ -9,7 +9,9 @@
 - C3 (any): a reference points to a row that does not exist. A Polars feature says, per reference
   column, whether the row it names exists in the same source; GX expects it to be true.
 - C4 (source): stale data. A source whose newest change is older than `stale_after_days` before the
-  business date, or whose newest filedrop delivery is older than `delivery_late_days`.
+  business date, or whose newest filedrop delivery is older than `delivery_late_days`, or that could
+  not be read tonight while the marts still show its earlier data (the detail says when it was last
+  read: `last_good`).
 
 Superseded versions of a row (the same id pulled twice, the later one wins) are quarantined to keep
 the row count honest, but they are change capture working, not bad data: no C2 flag.
@@ -202,15 +204,21 @@ def _check_detail(res, table: str) -> pl.Expr:
 
 def c4_flags(freshness: pl.DataFrame, as_of: date, settings: ContractSettings = ContractSettings()) -> pl.DataFrame:
     """`freshness`: source_id, dialect, newest_change (Datetime, null when nothing), newest_delivery
-    (Date, filedrop only)."""
+    (Date, filedrop only); optionally failed_with_silver (Boolean: failed tonight, earlier data kept)
+    and last_good (Date: the latest earlier date it was read)."""
     if freshness.is_empty():
         return empty_flags()
+    if "failed_with_silver" not in freshness.columns:
+        freshness = freshness.with_columns(pl.lit(False).alias("failed_with_silver"))
+    if "last_good" not in freshness.columns:
+        freshness = freshness.with_columns(pl.lit(None, dtype=pl.Date).alias("last_good"))
     age_change = (pl.lit(as_of) - pl.col("newest_change").dt.date()).dt.total_days()
     age_delivery = (pl.lit(as_of) - pl.col("newest_delivery")).dt.total_days()
     f = freshness.with_columns(age_change.alias("change_age_days"), age_delivery.alias("delivery_age_days"))
     stale = f.filter(
         (pl.col("change_age_days") > settings.stale_after_days)
         | (pl.col("delivery_age_days") > settings.delivery_late_days)
+        | pl.col("failed_with_silver").fill_null(False)
     )
     if stale.is_empty():
         return empty_flags()
@@ -221,5 +229,7 @@ def c4_flags(freshness: pl.DataFrame, as_of: date, settings: ContractSettings = 
         "delivery_age_days",
         pl.lit(settings.stale_after_days).alias("stale_after_days"),
         pl.lit(settings.delivery_late_days).alias("delivery_late_days"),
+        pl.col("failed_with_silver").fill_null(False).alias("failed_tonight"),
+        pl.col("last_good").cast(pl.String),
     ).struct.json_encode()
     return flag_frame("C4", pl.col("source_id"), "source", pl.col("source_id"), detail, stale)

@@ -158,6 +158,16 @@ class StateStore:
                 )
             c.execute(sa.insert(runs), rows)
 
+    def last_good(self, source_id: str, before: date) -> date | None:
+        """The latest business date before `before` on which the source could be read."""
+        with self.engine.connect() as c:
+            return c.execute(
+                sa.select(sa.func.max(runs.c.as_of)).where(
+                    runs.c.source_id == source_id, runs.c.stage == "extract", runs.c.status == "ok",
+                    runs.c.as_of < before,
+                )
+            ).scalar_one_or_none()
+
     def run_records(self, run_id: str | None = None) -> list[dict]:
         q = sa.select(runs).order_by(runs.c.finished, runs.c.source_id, runs.c.stage, runs.c.table_name)
         if run_id:

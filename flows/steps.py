@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from expectations.gx_runner import Validator
 from expectations.rules import rule_flags
 from expectations.rules.base import RuleContext
 from flows.extract import Pulled, SourceUnreachable, extract_filedrop, extract_sql, list_deliveries
+from flows.outbox import MailSummary, NightContext, night_alerts
 from flows.registry import Registry, Source
 from flows.state import StageRecord, StateStore
 from transforms.dialects import native_tables
@@ -37,6 +38,7 @@ from transforms.normalize import MissingColumnsError, normalize_table
 from transforms.references import resolve_references
 from transforms.schema import QUARANTINE_SCHEMA, TABLES, empty
 from warehouse.analysts import refresh_views
+from warehouse.history import previous_partitions
 from warehouse.layout import Layout
 from warehouse.marts import SOURCES_SCHEMA, MartInputs, build_all
 from warehouse.publish import publish
@@ -50,6 +52,16 @@ class RunSettings:
     overlap: timedelta = timedelta(days=1)
     # Sources extracted and normalized at the same time (connections and memory grow with it).
     max_workers: int = 4
+    # A source server that cannot be read is tried again this many times, after backoff, 2×backoff, 4×…
+    # seconds (a restart, a network blip); local files (SQLite, filedrop) are not retried.
+    # (Defaults from $QINGFENG_EXTRACT_RETRIES, $QINGFENG_RETRY_BACKOFF_SECONDS: 3 and 30 s, ≈ 3.5 min.)
+    extract_retries: int = field(default_factory=lambda: int(os.environ.get("QINGFENG_EXTRACT_RETRIES", "3")))
+    retry_backoff_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("QINGFENG_RETRY_BACKOFF_SECONDS", "30")))
+    # One source's extraction (each attempt) may take this long before it counts as failed
+    # ($QINGFENG_EXTRACT_TIMEOUT_SECONDS, default 30 min).
+    extract_timeout_seconds: float = field(
+        default_factory=lambda: float(os.environ.get("QINGFENG_EXTRACT_TIMEOUT_SECONDS", "1800")))
 
 
 @dataclass
@@ -61,6 +73,7 @@ class SourceOutcome:
     contract_problems: list[dict] = field(default_factory=list)  # C1: table, problem
     quarantine: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=QUARANTINE_SCHEMA))
     newest_delivery: date | None = None
+    last_good: date | None = None  # a failed source: the latest earlier date it was read (its silver's)
 
     @property
     def counts(self) -> dict[str, dict[str, int]]:
@@ -161,26 +174,27 @@ def _whole_table_quarantine(raw: pl.DataFrame, source_id: str, table: str, reaso
     )
 
 
+def is_transient(source: Source, error: BaseException) -> bool:
+    """Worth trying again in a moment: a source server that could not be read (down, restarting, the
+    network). A missing SQLite file or filedrop folder will not appear in seconds, and a bug is a bug."""
+    return isinstance(error, SourceUnreachable) and not source.is_filedrop and not source.url.startswith("sqlite")
+
+
 def extract_stage(
-    source: Source, state: StateStore, as_of: date, settings: RunSettings
+    source: Source, state: StateStore, as_of: date, settings: RunSettings, *, raise_transient: bool = False
 ) -> tuple[SourceOutcome, Pulled | None]:
     """Pull one source. A source that cannot be read becomes C1 and a failed record, not an error:
-    the other sources go on."""
-    outcome = SourceOutcome(source.id)
+    the other sources go on. With `raise_transient` (the Prefect task, which retries), a transient
+    failure is raised instead, carrying `seconds`; the flow turns the last one into `extract_failed`."""
     t0 = time.perf_counter()
     try:
         pulled = extract_source(source, state, as_of, settings)
     except Exception as e:  # noqa: BLE001 — one source's failure must not stop the night
-        if not isinstance(e, SourceUnreachable):
-            return _fail(outcome, "extract", e, time.perf_counter() - t0), None
-        outcome.status, outcome.error = "failed", str(e)
-        outcome.contract_problems.append({"table": None, "problem": f"source could not be read: {e}"})
-        outcome.records.append(StageRecord(source.id, "extract", status="failed", message=str(e),
-                                           seconds=time.perf_counter() - t0))
-        if source.is_filedrop and Path(source.url).is_dir():
-            names = list_deliveries(Path(source.url))
-            outcome.newest_delivery = date.fromisoformat(names[-1]) if names else None
-        return outcome, None
+        if raise_transient and is_transient(source, e):
+            e.seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
+            raise
+        return extract_failed(source, e, time.perf_counter() - t0), None
+    outcome = SourceOutcome(source.id)
     rows = sum(f.height for f in pulled.tables.values())
     outcome.newest_delivery = pulled.delivery_date
     outcome.records.append(StageRecord(source.id, "extract", rows_in=rows, rows_out=rows,
@@ -192,7 +206,26 @@ def extract_stage(
     return outcome, pulled
 
 
-def _fail(outcome: SourceOutcome, stage: str, error: Exception, seconds: float) -> SourceOutcome:
+def extract_failed(source: Source, error: BaseException, seconds: float, attempts: int = 1) -> SourceOutcome:
+    """The outcome of a source that could not be extracted (after `attempts` tries): failed, C1."""
+    outcome = SourceOutcome(source.id)
+    tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+    if not isinstance(error, SourceUnreachable | TimeoutError):
+        outcome = _fail(outcome, "extract", error, seconds)
+        outcome.records[-1] = replace(outcome.records[-1], message=f"{outcome.error}{tries}")
+    else:
+        message = str(error) if isinstance(error, SourceUnreachable) else f"{type(error).__name__}: {error}"
+        outcome.status, outcome.error = "failed", message + tries
+        outcome.contract_problems.append({"table": None, "problem": f"source could not be read: {message}"})
+        outcome.records.append(StageRecord(source.id, "extract", status="failed", message=outcome.error,
+                                           seconds=seconds))
+    if source.is_filedrop and Path(source.url).is_dir():
+        names = list_deliveries(Path(source.url))
+        outcome.newest_delivery = date.fromisoformat(names[-1]) if names else None
+    return outcome
+
+
+def _fail(outcome: SourceOutcome, stage: str, error: BaseException, seconds: float) -> SourceOutcome:
     log.exception("%s of %s failed", stage, outcome.source_id)
     outcome.status, outcome.error = "failed", f"{type(error).__name__}: {error}"
     outcome.contract_problems.append({"table": None, "problem": f"{stage} failed: {outcome.error}"})
@@ -266,13 +299,20 @@ def freshness(silver: dict[str, pl.DataFrame], registry: Registry, outcomes: dic
         pl.concat(newest).group_by("source_id").agg(pl.col("newest_change").max())
         if newest else pl.DataFrame(schema={"source_id": pl.String, "newest_change": TABLES["persons"].columns["updated_at"]})
     )
+    with_silver = {sid for frame in silver.values() if "source_id" in frame.columns
+                   for sid in frame["source_id"].unique().to_list()}
+    failed = {sid for sid, o in outcomes.items() if o.status != "ok"}
     base = pl.DataFrame(
         {
             "source_id": [s.id for s in registry.sources],
             "dialect": [s.dialect for s in registry.sources],
             "newest_delivery": [outcomes[s.id].newest_delivery if s.id in outcomes else None for s in registry.sources],
+            # Failed tonight but still in the marts with earlier data: stale by definition (C4).
+            "failed_with_silver": [s.id in failed and s.id in with_silver for s in registry.sources],
+            "last_good": [outcomes[s.id].last_good if s.id in outcomes else None for s in registry.sources],
         },
-        schema={"source_id": pl.String, "dialect": pl.String, "newest_delivery": pl.Date},
+        schema={"source_id": pl.String, "dialect": pl.String, "newest_delivery": pl.Date,
+                "failed_with_silver": pl.Boolean, "last_good": pl.Date},
     )
     return base.join(changes, on="source_id", how="left")
 
@@ -285,6 +325,7 @@ class NightResult:
     flags: pl.DataFrame
     mart_rows: dict[str, int]
     release: Path | None
+    mail: MailSummary | None = None  # the alert emails of the night (flows.outbox)
 
     @property
     def failed_sources(self) -> list[str]:
@@ -339,16 +380,39 @@ def sources_frame(registry: Registry, outcomes: dict[str, SourceOutcome], flags:
     )
 
 
+def alert_stage(
+    layout: Layout, state: StateStore, registry: Registry, outcomes: dict[str, SourceOutcome], as_of: date,
+    silver: dict[str, pl.DataFrame], flags: pl.DataFrame, sources: pl.DataFrame, dry_run_mail: Path | None = None,
+) -> tuple[pl.DataFrame | None, MailSummary | None]:
+    """Raise tonight's alerts into the outbox and send what is pending (D1–D3, data quality). A failure
+    here is logged and does not sink the night: the alerts mart then falls back to the flags."""
+    night = NightContext(as_of=as_of, supervision_email=registry.supervision_email, sender=registry.sender,
+                         docs_index=layout.docs(as_of).absolute() / "index.html",
+                         quarantine_dir=(layout.quarantine / f"as_of={as_of.isoformat()}").absolute())
+    quarantine = pl.concat([o.quarantine for o in outcomes.values()]) if outcomes else None
+    try:
+        return night_alerts(state.engine, night, flags, silver, sources, quarantine, dry_run_mail)
+    except Exception:  # noqa: BLE001 — emails matter, but not more than the marts
+        log.exception("raising or sending the alerts failed")
+        return None, None
+
+
 def finish_night(
     layout: Layout, state: StateStore, registry: Registry, outcomes: dict[str, SourceOutcome], as_of: date,
-    run_id: str,
+    run_id: str, dry_run_mail: Path | None = None,
 ) -> NightResult:
     t0 = time.perf_counter()
+    for o in outcomes.values():
+        if o.status != "ok" and o.last_good is None:
+            o.last_good = state.last_good(o.source_id, before=as_of)
     silver, flags = evaluate(layout, registry, outcomes, as_of, docs_dir=layout.docs(as_of))
     t_rules = time.perf_counter()
+    sources = sources_frame(registry, outcomes, flags)
+    outbox, mail = alert_stage(layout, state, registry, outcomes, as_of, silver, flags, sources, dry_run_mail)
     ctx = MartInputs(
-        as_of=as_of, silver=silver, flags=flags, sources=sources_frame(registry, outcomes, flags),
-        supervision_email=registry.supervision_email or "",
+        as_of=as_of, silver=silver, flags=flags, sources=sources,
+        supervision_email=registry.supervision_email or "", outbox=outbox,
+        history=previous_partitions(layout, as_of),  # for score_change: the partitions before as_of
     )
     marts = build_all(ctx)
     release = publish(layout, as_of, marts)
@@ -362,4 +426,4 @@ def finish_night(
                     flags=flags.height, seconds=t_rules - t0),
         StageRecord("*", "marts", rows_out=sum(m.height for m in marts.values()), seconds=t_marts - t_rules),
     ])
-    return NightResult(run_id, as_of, outcomes, flags, {k: v.height for k, v in marts.items()}, release)
+    return NightResult(run_id, as_of, outcomes, flags, {k: v.height for k, v in marts.items()}, release, mail)

@@ -12,6 +12,8 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 # Prefect logs "stopping temporary server" at exit, after pytest has closed the streams it captured.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="qingfeng-prefect-")
+# A source server that cannot be read is retried (flows.steps.RunSettings): quickly, in tests.
+os.environ.setdefault("QINGFENG_RETRY_BACKOFF_SECONDS", "0.2")
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +21,20 @@ def pg_server():
     from tests.pg import start_server
 
     server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """A real `prefect server` (what scheduling and Dask need; the ephemeral API is not enough), its
+    scheduler looking for due runs every 5 s instead of every minute."""
+    from flows.serve import start_local_server
+
+    server = start_local_server(home=tmp_path_factory.mktemp("prefect-server-home"),
+                                extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"})
     try:
         yield server
     finally:

@@ -9,7 +9,9 @@ Every mart lives in its own module (`dq_flags`, `project_health`, `person_portra
 * `KEYS`: the columns that identify a row (the grain); the output is stably sorted by them.
 * `build(ctx: MartInputs) -> pl.DataFrame`: pure (no I/O, no Prefect), vectorized, deterministic.
 
-`MARTS` maps a mart's name to its builder, `MODULES` to its module; `build_all(ctx)` builds every mart.
+`MARTS` maps a nightly mart's name to its builder, `MODULES` to its module; `build_all(ctx)` builds every
+nightly mart. `spot_checks` (in `DRAWN_MODULES`) is drawn on demand by `qingfeng sample`, not nightly.
+Weights, cut-offs and tag thresholds of the scores live in `warehouse.marts.scoring`.
 
 Shared conventions (used by several marts, so they are defined once here):
 
@@ -35,7 +37,7 @@ from types import ModuleType
 import polars as pl
 
 from expectations.catalog import FLAG_SCHEMA
-from transforms.schema import TIMESTAMP, empty
+from transforms.schema import OUTCOME_EVIDENCE, STAGES, TIMESTAMP, empty
 
 SOURCES_SCHEMA: dict[str, pl.DataType] = {
     "source_id": pl.String(),
@@ -56,6 +58,12 @@ class MartInputs:
     flags: pl.DataFrame  # catalog.FLAG_SCHEMA
     sources: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SOURCES_SCHEMA))
     supervision_email: str = ""
+    # mart -> its latest partition before `as_of` (as published), for changes since then (score_change);
+    # empty on the first night. Builders only read it.
+    history: dict[str, pl.DataFrame] = field(default_factory=dict)
+    # the alert outbox (flows.outbox.outbox_frame): tonight's alerts with raised_at/sent_at; None: alerts
+    # are computed from the flags, all pending.
+    outbox: pl.DataFrame | None = None
 
     def table(self, name: str) -> pl.DataFrame:
         """A silver table, or an empty frame with its schema when the run has none."""
@@ -151,13 +159,10 @@ def reports_as_of(ctx: MartInputs) -> pl.DataFrame:
     return r.filter(local_date("submitted_at") <= pl.lit(ctx.as_of, dtype=pl.Date()))
 
 
-def project_flags(ctx: MartInputs) -> pl.DataFrame:
-    """Flag counts per project and family: source_id, project_id, flags_traces, flags_fabrication.
-
-    A flag counts for a project when raised on the project, or on one of its milestones, stage reports or
-    evidence items. Only projects with at least one such flag appear.
-    """
-    flags = ctx.flag_frame().filter(pl.col("family").is_in(["traces", "fabrication"]))
+def entity_projects(ctx: MartInputs) -> pl.DataFrame:
+    """source_id, entity_type, entity_id -> project_id for projects, milestones, stage reports and evidence
+    (evidence -> report -> project), within one source. One row per entity."""
+    pj = ctx.table("projects").select("source_id", entity_id=pl.col("project_id"), project_id=pl.col("project_id"))
     ms = ctx.table("milestones").select("source_id", pl.col("milestone_id").alias("entity_id"), "project_id")
     rp = ctx.table("stage_reports").select("source_id", "report_id", "project_id")
     ev = (
@@ -166,52 +171,221 @@ def project_flags(ctx: MartInputs) -> pl.DataFrame:
         .join(rp, on=["source_id", "report_id"], how="inner")
         .select("source_id", pl.col("evidence_id").alias("entity_id"), "project_id")
     )
-    mapping = pl.concat(
-        [
-            ms.with_columns(entity_type=pl.lit("milestone")),
-            rp.select("source_id", pl.col("report_id").alias("entity_id"), "project_id").with_columns(
-                entity_type=pl.lit("report")
-            ),
-            ev.with_columns(entity_type=pl.lit("evidence")),
-        ],
-        how="diagonal",
-    ).unique(["source_id", "entity_type", "entity_id"], keep="first", maintain_order=True)
-    direct = flags.filter(pl.col("entity_type") == "project").with_columns(project_id=pl.col("entity_id"))
-    via = flags.join(mapping, on=["source_id", "entity_type", "entity_id"], how="inner")
-    both = pl.concat(
-        [direct.select("source_id", "project_id", "family"), via.select("source_id", "project_id", "family")]
+    return (
+        pl.concat(
+            [
+                pj.with_columns(entity_type=pl.lit("project")),
+                ms.with_columns(entity_type=pl.lit("milestone")),
+                rp.select("source_id", pl.col("report_id").alias("entity_id"), "project_id").with_columns(
+                    entity_type=pl.lit("report")
+                ),
+                ev.with_columns(entity_type=pl.lit("evidence")),
+            ],
+            how="diagonal",
+        )
+        .select("source_id", "entity_type", "entity_id", "project_id")
+        .sort("source_id", "entity_type", "entity_id", "project_id", nulls_last=True)
+        .unique(["source_id", "entity_type", "entity_id"], keep="first", maintain_order=True)
     )
+
+
+def project_flags(ctx: MartInputs) -> pl.DataFrame:
+    """Flag counts per project: source_id, project_id, flags_traces, flags_fabrication, flags_deadline,
+    flags_contract, flags_critical (any family, severity critical), integrity_traces and
+    integrity_fabrication (the traces/fabrication flags that count against integrity: all but F7, which
+    completion quality measures), rules_fired (sorted distinct rule ids).
+
+    A flag counts for a project when raised on the project, or on one of its milestones, stage reports or
+    evidence items. Only projects with at least one such flag appear.
+    """
+    flags = ctx.flag_frame()
+    both = flags.join(entity_projects(ctx), on=["source_id", "entity_type", "entity_id"], how="inner")
+    cols = ("source_id", "project_id", "family", "rule_id", "severity")
+    both = both.select(cols)
+    fam = pl.col("family")
+    not_f7 = pl.col("rule_id") != "F7"
     return both.group_by("source_id", "project_id").agg(
-        flags_traces=(pl.col("family") == "traces").sum().cast(pl.Int64),
-        flags_fabrication=(pl.col("family") == "fabrication").sum().cast(pl.Int64),
+        flags_traces=(fam == "traces").sum().cast(pl.Int64),
+        flags_fabrication=(fam == "fabrication").sum().cast(pl.Int64),
+        flags_deadline=(fam == "deadline").sum().cast(pl.Int64),
+        flags_contract=(fam == "contract").sum().cast(pl.Int64),
+        flags_critical=(pl.col("severity") == "critical").sum().cast(pl.Int64),
+        integrity_traces=((fam == "traces") & not_f7).sum().cast(pl.Int64),
+        integrity_fabrication=((fam == "fabrication") & not_f7).sum().cast(pl.Int64),
+        rules_fired=pl.col("rule_id").unique().sort(),
+    )
+
+
+FLAG_COUNTS = (
+    "flags_traces",
+    "flags_fabrication",
+    "flags_deadline",
+    "flags_contract",
+    "flags_critical",
+    "integrity_traces",
+    "integrity_fabrication",
+)
+
+# Per-project counts that pool by summing (over the projects of a person, a unit).
+POOLED = (
+    "milestones_total",
+    "milestones_completed",
+    "milestones_decided",
+    "milestones_on_time",
+    "milestones_late",
+    "milestones_overdue",
+    "overdue_days_sum",
+    "late_days_sum",
+    "milestones_reported_on_time",
+    "milestones_backed",
+    "acceptance_missing",
+    "reports_filed",
+    *FLAG_COUNTS,
+)
+
+
+def project_facts(ctx: MartInputs) -> pl.DataFrame:
+    """One row per project (every project in silver) with the counts the scores are built from.
+
+    Columns: source_id, project_id, unit_code, owner_id, leader_id, status, the POOLED counts, plus
+    first_open_rank (stage rank of the earliest open milestone), next_due_date, first_overdue (earliest
+    due date among overdue open milestones), last_report_on (local date of the latest report up to as_of),
+    days_since_last_report, days_quiet (days since the last report, or since the planned start when
+    nothing was reported yet), is_active (status in_progress), rules_fired.
+
+    * milestones_decided: completed, or open past due (on_time + late).
+    * milestones_reported_on_time: decided milestones with a stage report filed against them (milestone_id)
+      on or before their due date.
+    * milestones_backed: completed milestones with outcome evidence (document, ledger) on a report against
+      them, filed on or before as_of.
+    * acceptance_missing: 1 when the project is marked completed but no acceptance milestone is completed.
+    """
+    as_of = pl.lit(ctx.as_of, dtype=pl.Date())
+    keys = ["source_id", "project_id"]
+    stage_rank = {s: i for i, s in enumerate(STAGES)}
+    ms = milestone_facts(ctx).with_columns(
+        stage_rank=pl.col("stage").replace_strict(stage_rank, default=len(STAGES), return_dtype=pl.Int64)
+    )
+    reports = reports_as_of(ctx).with_columns(submitted_on=local_date("submitted_at"))
+    outcome = (
+        ctx.table("evidence")
+        .filter(pl.col("kind").is_in(list(OUTCOME_EVIDENCE)))
+        .select("source_id", "report_id")
+        .unique()
+        .with_columns(has_outcome=pl.lit(True))
+    )
+    per_report_ms = (
+        reports.filter(pl.col("milestone_id").is_not_null())
+        .join(outcome, on=["source_id", "report_id"], how="left")
+        .join(ms.select("source_id", "milestone_id", "due_date"), on=["source_id", "milestone_id"], how="inner")
+        .group_by("source_id", "milestone_id")
+        .agg(
+            reported_on_time=(pl.col("submitted_on") <= pl.col("due_date")).any(),
+            backed=pl.col("has_outcome").fill_null(False).any(),
+        )
+    )
+    ms = ms.join(per_report_ms, on=["source_id", "milestone_id"], how="left").with_columns(
+        pl.col("reported_on_time").fill_null(False), pl.col("backed").fill_null(False)
+    )
+    decided = pl.col("is_on_time") | pl.col("is_late")
+    open_ms = ~pl.col("is_completed")
+    per_ms = ms.group_by(keys).agg(
+        milestones_total=pl.len().cast(pl.Int64),
+        milestones_completed=pl.col("is_completed").sum().cast(pl.Int64),
+        milestones_decided=decided.sum().cast(pl.Int64),
+        milestones_on_time=pl.col("is_on_time").sum().cast(pl.Int64),
+        milestones_late=pl.col("is_late").sum().cast(pl.Int64),
+        milestones_overdue=pl.col("is_overdue").sum().cast(pl.Int64),
+        overdue_days_sum=pl.col("delay_days").filter(pl.col("is_overdue")).sum().cast(pl.Int64),
+        late_days_sum=pl.col("delay_days").filter(pl.col("is_late")).sum().cast(pl.Int64),
+        milestones_reported_on_time=(decided & pl.col("reported_on_time")).sum().cast(pl.Int64),
+        milestones_backed=(pl.col("is_completed") & pl.col("backed")).sum().cast(pl.Int64),
+        acceptance_done=(pl.col("is_completed") & (pl.col("stage") == "acceptance")).any(),
+        first_open_rank=pl.col("stage_rank").filter(open_ms).min(),
+        next_due_date=pl.col("due_date").filter(open_ms).min(),
+        first_overdue=pl.col("due_date").filter(pl.col("is_overdue")).min(),
+    )
+    per_rp = reports.group_by(keys).agg(
+        reports_filed=pl.len().cast(pl.Int64), last_report_on=pl.col("submitted_on").max()
+    )
+    projects = ctx.table("projects").select(
+        "source_id", "project_id", "unit_code", "owner_id", "leader_id", "status", "planned_start"
+    )
+    counts = [c for c in POOLED if c != "acceptance_missing"]
+    return (
+        projects.join(per_ms, on=keys, how="left")
+        .join(per_rp, on=keys, how="left")
+        .join(project_flags(ctx), on=keys, how="left")
+        .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in counts)
+        .with_columns(
+            acceptance_missing=((pl.col("status") == "completed") & ~pl.col("acceptance_done").fill_null(False))
+            .cast(pl.Int64),
+            days_since_last_report=(as_of - pl.col("last_report_on")).dt.total_days().cast(pl.Int64),
+            days_quiet=(as_of - pl.coalesce("last_report_on", "planned_start")).dt.total_days().cast(pl.Int64),
+            is_active=pl.col("status") == "in_progress",
+            rules_fired=pl.col("rules_fired").fill_null(pl.lit([], dtype=pl.List(pl.String()))),
+        )
+        .drop("acceptance_done", "planned_start")
+    )
+
+
+def previous(ctx: MartInputs, mart: str, keys: list[str], columns: dict[str, str]) -> pl.DataFrame:
+    """From the previous partition of `mart` in ctx.history: `keys`, `prev_as_of` and `columns` renamed
+    (old name -> new name). Empty (with those columns) when there is no history."""
+    prev = ctx.history.get(mart)
+    schema = {**dict.fromkeys(keys, pl.String()), "prev_as_of": pl.Date()}
+    if prev is None or prev.is_empty() or not set(columns) <= set(prev.columns):
+        return pl.DataFrame(schema={**schema, **dict.fromkeys(columns.values(), pl.Float64())})
+    prev = prev.filter(pl.col("as_of") < pl.lit(ctx.as_of, dtype=pl.Date()))
+    return (
+        prev.filter(pl.col("as_of") == pl.col("as_of").max())
+        .select(*keys, pl.col("as_of").alias("prev_as_of"), *[pl.col(o).alias(n) for o, n in columns.items()])
+        .unique(keys, keep="first", maintain_order=True)
     )
 
 
 # ---------------------------------------------------------------------------------------------- registry
 # The mart modules import MartInputs and the helpers above, so they are imported after them.
 
-from warehouse.marts import alerts, dq_flags, person_portrait, project_health, unit_scorecard  # noqa: E402
+from warehouse.marts import (  # noqa: E402
+    alerts,
+    dq_flags,
+    person_portrait,
+    project_health,
+    spot_checks,
+    unit_scorecard,
+)
 
+# Built every night by `build_all`.
 MODULES: dict[str, ModuleType] = {
     m.NAME: m for m in (dq_flags, project_health, person_portrait, unit_scorecard, alerts)
 }
+# Published on demand, not by the night: spot_checks is drawn by `qingfeng sample` (an unannounced check
+# must not be predictable from a nightly table, and the office decides when to draw and how many).
+DRAWN_MODULES: dict[str, ModuleType] = {spot_checks.NAME: spot_checks}
+ALL_MODULES: dict[str, ModuleType] = {**MODULES, **DRAWN_MODULES}
 MARTS: dict[str, Callable[[MartInputs], pl.DataFrame]] = {name: m.build for name, m in MODULES.items()}
-MART_KEYS: dict[str, tuple[str, ...]] = {name: m.KEYS for name, m in MODULES.items()}
+MART_KEYS: dict[str, tuple[str, ...]] = {name: m.KEYS for name, m in ALL_MODULES.items()}
 
 
 def build_all(ctx: MartInputs) -> dict[str, pl.DataFrame]:
-    """Every mart, in registry order."""
+    """Every nightly mart, in registry order."""
     return {name: build(ctx) for name, build in MARTS.items()}
 
 
 def data_dictionary() -> dict[str, dict[str, tuple[str, str]]]:
     """mart -> column -> (dtype as text, meaning): the raw material of the generated data dictionary."""
     return {
-        name: {c: (str(t), meaning) for c, (t, meaning) in m.COLUMNS.items()} for name, m in MODULES.items()
+        name: {c: (str(t), meaning) for c, (t, meaning) in m.COLUMNS.items()}
+        for name, m in ALL_MODULES.items()
     }
 
 
 __all__ = [
+    "ALL_MODULES",
+    "DRAWN_MODULES",
+    "FLAG_COUNTS",
+    "POOLED",
     "MARTS",
     "MART_KEYS",
     "MODULES",
@@ -222,6 +396,9 @@ __all__ = [
     "data_dictionary",
     "mask_pii",
     "milestone_facts",
+    "entity_projects",
+    "previous",
+    "project_facts",
     "project_flags",
     "reports_as_of",
 ]
