@@ -20,6 +20,7 @@ import re
 import smtplib
 import ssl
 import tomllib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -161,7 +162,9 @@ def build_message(*, sender: str, recipient: str, recipient_name: str | None, su
 # ---------------------------------------------------------------------------------------------- transports
 
 
-class Transport:
+class Transport(ABC):
+    """Where a rendered email goes: an SMTP server, or `.eml` files for a dry run."""
+
     description = ""
 
     def __enter__(self):
@@ -170,11 +173,11 @@ class Transport:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def send(self, msg: EmailMessage, name: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def send(self, msg: EmailMessage, name: str) -> None: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 — most transports hold nothing to close
+        return None
 
 
 class EmlTransport(Transport):
