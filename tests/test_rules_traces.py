@@ -24,10 +24,10 @@ from expectations.settings import rule_params
 from transforms.features_traces import (
     count_quantiles,
     near_duplicate_pairs,
-    parse_phash,
     report_stages,
     window_counts,
 )
+from transforms.phash import parse_phash
 from transforms.schema import TABLES
 
 SH = ZoneInfo("Asia/Shanghai")

@@ -1,7 +1,7 @@
 """Feature helpers for the `fabrication` rules (F1–F7): pure Polars / numpy, vectorized, no all-pairs.
 
 - `report_sequence`: the reports of each project in filing order, with the previous report beside each.
-- `phash_u64`, `near_pairs`: 64-bit perceptual hashes and every pair of distinct values within a
+- `near_pairs`: every pair of distinct values within a
   Hamming distance, by multi-index hashing (pigeonhole on bands: no all-pairs).
 - `earliest_other_project`: for rows grouped by "the same content", the earliest row of another project.
 - `shingle_hashes`, `boilerplate_shingles`, `minhash_signatures`, `lsh_candidate_pairs`, `jaccard_pairs`:
@@ -15,6 +15,8 @@ from itertools import combinations
 
 import numpy as np
 import polars as pl
+
+from transforms.phash import bands as phash_bands
 
 # --------------------------------------------------------------------------------------------------
 # shared
@@ -58,23 +60,6 @@ def ts_json(col: str | pl.Expr) -> pl.Expr:
 # --------------------------------------------------------------------------------------------------
 
 
-def phash_u64(col: str = "phash") -> pl.Expr:
-    """16 hex characters → UInt64 (null when absent or malformed)."""
-    text = pl.col(col).str.strip_chars().str.to_lowercase()
-    ok = text.str.contains(r"^[0-9a-f]{16}$")
-    return pl.when(ok).then(text.str.to_integer(base=16, dtype=pl.UInt64, strict=False)).otherwise(None)
-
-
-def _bands(n_bands: int) -> list[tuple[int, int]]:
-    """(shift, width) of `n_bands` nearly equal bit fields covering 64 bits."""
-    widths = [64 // n_bands + (1 if i < 64 % n_bands else 0) for i in range(n_bands)]
-    out, shift = [], 0
-    for w in widths:
-        out.append((shift, w))
-        shift += w
-    return out
-
-
 def _pairs_in_runs(keys_sorted: np.ndarray, max_offset: int) -> tuple[np.ndarray, np.ndarray]:
     """Positions (p, q), p < q, of every pair of equal neighbours in a sorted key array (each item paired
     with at most `max_offset` followers in its run, which bounds a pathological bucket)."""
@@ -111,7 +96,7 @@ def near_pairs(values: np.ndarray, max_dist: int, max_bucket: int = 2000) -> tup
     empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
     if n < 2 or max_dist < 1:
         return empty
-    bands = _bands(max_dist + 2)
+    bands = phash_bands(max_dist + 2)
     fields = [(values >> _U64(s)) & _U64((1 << w) - 1) for s, w in bands]
     found: list[np.ndarray] = []
     for a, b in combinations(range(len(bands)), 2):

@@ -1,7 +1,7 @@
 """Feature helpers for the `traces` family (T1–T6): pure, vectorized Polars over silver.
 
 Shared by the rule modules `expectations/rules/t*_*.py`; the generic pieces (`count_quantiles`,
-`robust_fence`, `parse_phash`, `near_duplicate_pairs`, `window_counts`) know nothing of evidence and may
+`robust_fence`, `near_duplicate_pairs`, `window_counts`) know nothing of evidence and may
 serve any rule.
 
 Stage of a report
@@ -37,6 +37,7 @@ from datetime import timedelta
 
 import polars as pl
 
+from transforms.phash import bands as phash_bands
 from transforms.schema import OUTCOME_EVIDENCE, PROCESS_EVIDENCE, TZ
 
 STAGE_UNKNOWN = "unknown"
@@ -264,25 +265,6 @@ def fence_detail_fields() -> list[pl.Expr]:
 # --------------------------------------------------------------------------------------------------
 
 
-def parse_phash(expr: pl.Expr) -> pl.Expr:
-    """A 64-bit perceptual hash written as 16 hex digits (optionally `0x`-prefixed, any case) → UInt64;
-    NULL when it is not one."""
-    text = expr.str.strip_chars().str.to_lowercase().str.strip_prefix("0x")
-    # Exactly 16 characters; a non-hex character makes the (non-strict) parse NULL.
-    ok = (text.str.len_bytes() == 16) & ~text.str.starts_with("+")
-    return pl.when(ok).then(text.str.to_integer(base=16, dtype=pl.UInt64, strict=False))
-
-
-def _bands(n_bands: int) -> list[tuple[int, int]]:
-    """Split 64 bits into `n_bands` contiguous bands: (shift, width)."""
-    widths = [64 // n_bands + (1 if i < 64 % n_bands else 0) for i in range(n_bands)]
-    out, shift = [], 0
-    for w in widths:
-        out.append((shift, w))
-        shift += w
-    return out
-
-
 def near_duplicate_pairs(frame: pl.DataFrame, group: str, hash_col: str, max_distance: int) -> pl.DataFrame:
     """Pairs of distinct hash values within one group (`group`: a non-negative integer column, e.g. a
     report index below 2^32) at Hamming distance <= max_distance.
@@ -299,7 +281,7 @@ def near_duplicate_pairs(frame: pl.DataFrame, group: str, hash_col: str, max_dis
     ).unique()
     if values.is_empty() or max_distance < 0:
         return pl.DataFrame(schema=schema)
-    bands = _bands(min(max_distance + 1, 64))
+    bands = phash_bands(min(max_distance + 1, 64))
     top = max(w for _, w in bands)
     # Pack (group, band value) into one integer when both fit, for a plain integer sort.
     packed = top <= 31 and values.select(pl.col("_g").max()).item() < (1 << (63 - top))

@@ -28,9 +28,9 @@ from transforms.features_fabrication import (
     earliest_other_project,
     group_summary,
     near_pairs,
-    phash_u64,
     ts_json,
 )
+from transforms.phash import parse_phash
 
 RULE_ID = "F1"
 ENTITY_TYPE = "evidence"
@@ -73,7 +73,7 @@ def _rows(ctx: RuleContext) -> pl.DataFrame:
             pl.concat_str("source_id", pl.lit("\x1f"), pl.col("unit_code").fill_null("?")).alias("unit"),
             pl.col("uploaded_at").alias("t"),
             pl.col("sha256").str.strip_chars().str.to_lowercase().alias("_sha"),
-            phash_u64().alias("_ph"),
+            parse_phash(pl.col("phash")).alias("_ph"),
         )
     )
 

@@ -22,7 +22,8 @@ import polars as pl
 from expectations.gx_runner import Check
 from expectations.rules.base import RuleContext
 from expectations.settings import Param
-from transforms.features_traces import evidence_by_report_index, near_duplicate_pairs, parse_phash
+from transforms.features_traces import evidence_by_report_index, near_duplicate_pairs
+from transforms.phash import parse_phash
 
 RULE_ID = "T4"
 ENTITY_TYPE = "report"
