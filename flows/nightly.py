@@ -25,7 +25,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
-from prefect.futures import as_completed  # noqa: E402
 from prefect.runtime import task_run as task_run_info  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
@@ -135,6 +134,26 @@ def normalize_task(
     return outcome
 
 
+@task(name="source", task_run_name="source-{source.id}")
+def source_task(source: Source, warehouse: str, state_url: str, as_of: date, run_id: str,
+                settings: steps.RunSettings) -> steps.SourceOutcome:
+    """One source's night: extract (retried with backoff, each attempt under the timeout), bronze,
+    normalize, as nested task runs. An extraction that still fails reaches the bronze task as its
+    exception, which becomes the source's failed outcome; the other sources go on."""
+    extract = extract_task.with_options(
+        retries=settings.extract_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds)
+        if settings.extract_retries else 0,
+        timeout_seconds=settings.extract_timeout_seconds or None,
+    )
+    try:
+        extracted = extract(source, state_url, as_of, settings)
+    except Exception as e:  # noqa: BLE001 — retries spent or timed out: the source's failure, not the night's
+        extracted = e
+    landed = land_task(extracted, source, warehouse, run_id, settings)
+    return normalize_task(landed, source, warehouse, state_url, as_of, run_id)
+
+
 @task(name="rules-and-marts")
 def finish_task(warehouse: str, state_url: str, sources_file: str, outcomes: dict, as_of: date, run_id: str,
                 dry_run_mail: str | None = None):
@@ -211,27 +230,11 @@ def nightly(sources_file: str, warehouse: str, as_of: date | None = None, overla
     run_id = steps.new_run_id(as_of)
     logger.info("run %s: %d sources, as of %s", run_id, len(registry.sources), as_of)
 
-    extract = extract_task.with_options(
-        retries=settings.extract_retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds)
-        if settings.extract_retries else 0,
-        timeout_seconds=settings.extract_timeout_seconds or None,
-    )
-    extracted = {s.id: extract.submit(s, state_url, as_of, settings) for s in registry.sources}
-    # Each source goes on to bronze as soon as its extraction settles: a completed future is handed on
-    # as is (on Dask its data stays on the workers); a failed one (retries spent, timed out) as its
-    # exception, which the bronze task turns into the source's failed outcome.
-    source_of = {id(f): registry.by_id(sid) for sid, f in extracted.items()}
-    landed = {}
-    for fut in as_completed(list(extracted.values())):
-        s = source_of[id(fut)]
-        upstream = fut if fut.state.is_completed() else fut.result(raise_on_failure=False)
-        landed[s.id] = land_task.submit(upstream, s, str(layout.root), run_id, settings)
-    normalized = {
-        s.id: normalize_task.submit(landed[s.id], s, str(layout.root), state_url, as_of, run_id)
-        for s in registry.sources
-    }
-    outcomes = {sid: f.result() for sid, f in normalized.items()}
+    # One task a source, running that source's extract → bronze → normalize tasks one after the other:
+    # a worker holds one source's raw rows at a time, so memory grows with the workers, not the city.
+    futures = {s.id: source_task.submit(s, str(layout.root), state_url, as_of, run_id, settings)
+               for s in registry.sources}
+    outcomes = {sid: f.result() for sid, f in futures.items()}
     for sid, o in outcomes.items():
         if o.status != "ok":
             logger.warning("source %s failed: %s", sid, o.error)

@@ -49,8 +49,11 @@ PARAMS: dict[str, Param] = {
                                 "not content that one report could have copied from another."),
     "min_df_docs": Param(20, "In a small city 1 % is a handful of reports; a phrase must be in at least 20 "
                              "reports to count as boilerplate."),
-    "df_sample_docs": Param(200_000, "Document frequencies of common phrases are estimated well on a "
-                                     "sample; it bounds the memory on a million reports."),
+    "df_sample_docs": Param(20_000, "Document frequencies of common phrases are estimated well on a "
+                                    "sample: a phrase in 1 % of the reports is expected in 200 of 20,000 "
+                                    "sampled ones (± 14), far from the specific phrases a copy shares with "
+                                    "its original. Counting every shingle of a million reports would cost "
+                                    "more memory and time than the rest of the rule together."),
     "min_shingles": Param(20, "Below 20 specific shingles (one short sentence) a summary is too thin for a "
                               "copy verdict."),
     "max_jaccard": Param(0.5, "Resemblance of the boilerplate-free shingle sets: half or more of the specific "
@@ -63,7 +66,8 @@ PARAMS: dict[str, Param] = {
     "rows_per_band": Param(4, "32 bands of 4: a pair at Jaccard 0.6 becomes a candidate with probability "
                               "1 - (1 - 0.6^4)^32 = 0.987 (0.5: 0.87, 0.7: 0.9995); at 0.1 with 0.003, "
                               "which keeps the candidates of a million reports to a few million."),
-    "chunk_docs": Param(100_000, "Reports shingled and sketched per batch (bounds memory)."),
+    "chunk_docs": Param(20_000, "Reports shingled and sketched per batch: about 4 M shingle occurrences, "
+                                "a few hundred MB of working arrays, whatever the size of the city."),
     "max_bucket": Param(200, "Bound on the pairs drawn from one LSH bucket (guards mass-identical texts)."),
 }
 
