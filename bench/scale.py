@@ -7,10 +7,13 @@ process so wall time and peak memory (RSS) are the process's own:
   (b) incr   — the next night after 1% of the source rows changed (platform and legacy rows get a new
                change time; filedrop sources get a new delivery, which is a full snapshot by contract);
   (c) floor  — a minimal script that only reads the same source tables as fast as this machine
-               allows and writes the same volume of Parquet.
+               allows and writes the same volume of Parquet;
+  (d) pandas+GX — at the smallest size only (`--baseline`), the same night written the common way:
+               `bench/baseline_pandas_gx.py` reads every table with pandas, normalizes it row by row and
+               runs Great Expectations per table per source (contract checks and the rule thresholds).
 
 It prints wall seconds, peak RSS, source rows per second, the per-stage seconds of (a) from the run
-records, and the ratios a/c and b/a.
+records, and the ratios a/c, b/a and d/a.
 
     .venv/bin/python bench/scale.py --sizes 100 1000 5000
     .venv/bin/python bench/scale.py --sources 3 --sizes 10        # a smoke run
@@ -145,7 +148,7 @@ def stage_seconds(warehouse: Path) -> dict[str, float]:
     return out
 
 
-def bench_size(tmp: Path, sources: int, projects: int, workers: int) -> dict:
+def bench_size(tmp: Path, sources: int, projects: int, workers: int, baseline: bool = False) -> dict:
     city, wh = tmp / f"city{projects}", tmp / f"wh{projects}"
     t0 = time.perf_counter()
     subprocess.run([*QINGFENG, "simulate", "--out", str(city), "--sources", str(sources), "--projects-per-source",
@@ -159,11 +162,18 @@ def bench_size(tmp: Path, sources: int, projects: int, workers: int) -> dict:
                      str(ROOT)])
     full = measure([*run, "--as-of", AS_OF.isoformat()])
     stages = stage_seconds(wh)
+    # (d) reads the same first-night city as (a), before the 1% change below
+    pandas_gx = measure([sys.executable, str(ROOT / "bench" / "baseline_pandas_gx.py"), "--sources",
+                         str(city / "sources.toml"), "--out", str(tmp / f"baseline{projects}"),
+                         "--as-of", AS_OF.isoformat()]) if baseline else None
     night2 = AS_OF + timedelta(days=1)
     change_one_percent(city, night2)
     incr = measure([*run, "--as-of", night2.isoformat()])
-    return {"sources": sources, "projects_per_source": projects, "source_rows": rows, "simulate_s": simulate_s,
-            "full": full, "incremental": incr, "floor": floor, "full_stages_s": stages}
+    out = {"sources": sources, "projects_per_source": projects, "source_rows": rows, "simulate_s": simulate_s,
+           "full": full, "incremental": incr, "floor": floor, "full_stages_s": stages}
+    if pandas_gx is not None:
+        out["pandas_gx"] = pandas_gx
+    return out
 
 
 def main() -> None:
@@ -172,19 +182,24 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000], help="projects per source")
     ap.add_argument("--max-workers", type=int, default=4)
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    ap.add_argument("--baseline", choices=("smallest", "all", "none"), default="smallest",
+                    help="at which sizes to measure (d), the pandas + Great Expectations baseline")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="qingfeng-scale-") as tmp:
         for n in args.sizes:
-            r = bench_size(Path(tmp), args.sources, n, args.max_workers)
+            baseline = args.baseline == "all" or (args.baseline == "smallest" and n == min(args.sizes))
+            r = bench_size(Path(tmp), args.sources, n, args.max_workers, baseline=baseline)
             results.append(r)
-            a, b, c = r["full"], r["incremental"], r["floor"]
+            a, b, c, d = r["full"], r["incremental"], r["floor"], r.get("pandas_gx")
             print(f"\n{args.sources} sources × {n} projects: {r['source_rows']:,} source rows "
                   f"(simulated in {r['simulate_s']:.0f} s)")
             print(f"{'':14}{'seconds':>10}{'peak MiB':>10}{'rows/s':>12}")
-            for name, m in (("(a) full", a), ("(b) incr", b), ("(c) floor", c)):
+            rows = [("(a) full", a), ("(b) incr", b), ("(c) floor", c)] + ([("(d) pandas+GX", d)] if d else [])
+            for name, m in rows:
                 print(f"{name:14}{m['seconds']:>10.1f}{m['peak_mib']:>10.0f}{r['source_rows'] / m['seconds']:>12,.0f}")
-            print(f"a/c = {a['seconds'] / c['seconds']:.2f}   b/a = {b['seconds'] / a['seconds']:.2f}")
+            print(f"a/c = {a['seconds'] / c['seconds']:.2f}   b/a = {b['seconds'] / a['seconds']:.2f}"
+                  + (f"   d/a = {d['seconds'] / a['seconds']:.2f}" if d else ""))
             print("stages of (a), seconds summed over sources: "
                   + ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["full_stages_s"].items())))
     if len(results) > 1:
