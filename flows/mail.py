@@ -151,7 +151,11 @@ def build_message(*, sender: str, recipient: str, recipient_name: str | None, su
     msg["To"] = Address(display_name=clean_header(recipient_name, 40), addr_spec=to_addr)
     msg["Subject"] = clean_header(subject, 200)
     msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = make_msgid(idstring=message_id, domain=from_addr.split("@", 1)[1])
+    domain = from_addr.split("@", 1)[1]
+    # The outbox key, not a fresh random id: every attempt at one alert email carries the same Message-ID,
+    # so a mail system that sees it twice can tell it is one email.
+    msg["Message-ID"] = (f"<{message_id}@{domain}>" if message_id and re.fullmatch(r"[0-9A-Za-z._-]{1,64}", message_id)
+                         else make_msgid(domain=domain))
     if message_id:
         msg["X-Qingfeng-Alert"] = clean_header(message_id, 64)
     msg.set_content(text, subtype="plain", charset="utf-8")

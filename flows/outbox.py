@@ -3,14 +3,18 @@
 Tables live in the pipeline's state database (`flows.state.metadata`, so `StateStore` creates them):
 
 * `outbox_messages`: one email (a reminder, the night's digest, a data-quality report), rendered when
-  raised; status pending -> sent (or superseded, for a digest replaced by a newer one before it went
-  out), attempts, last_error, raised_at, sent_at.
+  raised; status pending -> sending -> sent (or superseded, for a digest replaced by a newer one before it
+  went out; or unconfirmed, when a run died while handing it to the SMTP server), attempts, last_error,
+  raised_at, sent_at.
 * `outbox_items`: the alerts an email carries (one for a reminder or a data-quality report, every
   overdue milestone and problem for a digest), keyed (alert_id, message_id).
 * `outbox_flags_seen`: contract flags already reported to a steward, so that only new ones are.
 
 Raising inserts what is absent and never touches what exists: a rerun of the same night raises nothing
-new. Delivery tries every pending message; a failure stays pending with its error for the next run.
+new. Delivery claims each pending message (pending -> sending, committed) before it talks to the SMTP
+server, so two runs never both send it, and a run killed mid-send leaves it "sending": the next run marks
+it unconfirmed and reports it rather than risk a second copy. A failure goes back to pending with its
+error for the next run.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ messages = sa.Table(
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("body_text", sa.Text, nullable=False),
     sa.Column("body_html", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending | sent | superseded
+    sa.Column("status", sa.String(16), nullable=False),  # pending | sending | sent | superseded | unconfirmed
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text),
     sa.Column("transport", sa.String(300)),
@@ -194,6 +198,8 @@ def raise_alerts(engine: sa.Engine, night: NightContext, flags: pl.DataFrame, si
 def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) -> MailSummary:
     """Send every pending message through `transport` (None: send nothing)."""
     summary = MailSummary(transport=transport.description if transport else None)
+    if transport is not None:
+        summary.errors += settle_interrupted(engine)
     with engine.connect() as conn:
         pending = [dict(r._mapping) for r in conn.execute(
             sa.select(messages).where(messages.c.status == "pending")
@@ -206,6 +212,8 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
     try:
         for m in pending:
             error = unavailable
+            if error is None and not _claim(engine, m["message_id"]):
+                continue  # another run is sending it, or has sent it: never twice
             if error is None:
                 try:
                     if not m["recipient"]:
@@ -230,6 +238,8 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
                 if error != unavailable:
                     summary.errors.append(f"{m['kind']} {m['message_id']} to {m['recipient'] or '—'}: {error}")
                     log.warning("alert email %s not sent: %s", m["message_id"], error)
+            if error is not None:
+                values["status"] = "pending"  # back from "sending" (claimed) or never left pending
             with engine.begin() as conn:
                 conn.execute(sa.update(messages).where(messages.c.message_id == m["message_id"]).values(**values))
     finally:
@@ -240,6 +250,38 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
         log.warning("%d alert email(s) not sent: %s", waiting, unavailable)
     summary.pending = summary.failed
     return summary
+
+
+INTERRUPTED = ("the run stopped while this email was being handed to the SMTP server: it may have been "
+               "delivered, so it is not sent again (set its status back to pending to send it anyway)")
+
+
+def _claim(engine: sa.Engine, message_id: str) -> bool:
+    """pending -> sending, committed before the SMTP conversation starts. Only one run can claim a message,
+    and a message left "sending" by a run that died mid-send is never sent again by itself."""
+    with engine.begin() as conn:
+        claimed = conn.execute(
+            sa.update(messages)
+            .where(messages.c.message_id == message_id, messages.c.status == "pending")
+            .values(status="sending", last_attempt_at=_now())
+        ).rowcount
+    return claimed == 1
+
+
+def settle_interrupted(engine: sa.Engine) -> list[str]:
+    """Messages a killed run left "sending": whether the server took them is unknown. Sending them again
+    could reach the person twice, so they become "unconfirmed" and are reported instead."""
+    with engine.begin() as conn:
+        stuck = conn.execute(sa.select(messages.c.message_id, messages.c.kind, messages.c.recipient)
+                             .where(messages.c.status == "sending")).all()
+        if not stuck:
+            return []
+        conn.execute(sa.update(messages).where(messages.c.status == "sending")
+                     .values(status="unconfirmed", last_error=INTERRUPTED))
+    for message_id, kind, recipient in stuck:
+        log.warning("alert email %s (%s to %s) unconfirmed: %s", message_id, kind, recipient, INTERRUPTED)
+    return [f"{kind} {message_id} to {recipient or '—'}: unconfirmed — {INTERRUPTED}"
+            for message_id, kind, recipient in stuck]
 
 
 OUTBOX_SCHEMA: dict[str, pl.DataType] = {

@@ -42,7 +42,8 @@ COLUMNS: dict[str, tuple[pl.DataType, str]] = {
     "is_new": (pl.Boolean(), "overdue items: not in any digest sent before; true for the other kinds"),
     "detail": (pl.String(), "JSON: the figures the email showed (days left/overdue, unit, owner, counts)"),
     "message_id": (pl.String(), "the outbox email carrying the alert (the digest for overdue items)"),
-    "status": (pl.String(), "pending | sent | superseded (a digest replaced before it went out)"),
+    "status": (pl.String(), "pending | sending | sent | superseded (a digest replaced before it went out) | "
+               "unconfirmed (a run died while handing it to the SMTP server; not sent again)"),
     "attempts": (pl.Int64(), "delivery attempts so far"),
     "last_error": (pl.String(), "why the last attempt failed (NULL when sent or not tried)"),
     "raised_at": (TIMESTAMP, "when the alert entered the outbox"),
