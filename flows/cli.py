@@ -69,6 +69,7 @@ def run(
     from flows import progress
     from flows.nightly import run_nightly
     from flows.registry import RegistryError, load_registry
+    from flows.state import StateUnavailable
 
     warehouse = warehouse or default_warehouse()
     day = _parse_date(as_of, "--as-of")
@@ -80,6 +81,9 @@ def run(
     except RegistryError as e:
         err.print(f"[red]cannot run:[/] {e}")
         raise typer.Exit(2) from None
+    except StateUnavailable as e:  # locked or unreachable: nothing moved, the night can simply be rerun
+        err.print(f"[red]cannot run:[/] {e}")
+        raise typer.Exit(1) from None
     _print_night(result, warehouse)
 
 

@@ -8,9 +8,13 @@ yet loaded. No SQL is assembled from source values: SQLAlchemy constructs and bo
 
 from __future__ import annotations
 
+import codecs
 import csv
+import functools
 import io
 import re
+import threading
+import traceback
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -19,7 +23,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 import sqlalchemy as sa
 
-from flows.registry import Source
+from flows.registry import Source, redact
 from transforms.dialects import NativeTable, native_tables
 from transforms.parse import timestamp as parse_timestamp
 from transforms.schema import TZ
@@ -27,6 +31,7 @@ from transforms.schema import TZ
 KEY_CHUNK = 900  # bound parameters per IN (...) list; well under every driver's limit
 FULL_PULL_SHARE = 0.3  # above this share of changed rows, one full scan beats keyed look-ups
 DELIVERY_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+SLOT_WAIT_SECONDS = 300.0  # an attempt waits this long for a connection of its source to come free
 
 
 class SourceUnreachable(RuntimeError):
@@ -45,6 +50,7 @@ class Pulled:
     delivery: str | None = None  # filedrop: the delivery folder loaded
     delivery_date: date | None = None
     note: str | None = None  # e.g. "no new delivery"
+    cut_off: list[str] = field(default_factory=list)  # filedrop: tables whose file ends mid-record
 
 
 # --------------------------------------------------------------------------------------------------
@@ -52,18 +58,66 @@ class Pulled:
 # --------------------------------------------------------------------------------------------------
 
 
-def _engine_for(url: str) -> sa.Engine:
+def _engine_for(url: str, limit: int = 1, source_id: str | None = None) -> sa.Engine:
+    """An engine that never holds more than `limit` connections to the source: its own pool is that
+    size with no overflow, and every connection it opens takes one of the source's slots in this process
+    (`_bound_connections`), so overlapping attempts (a retry while a timed-out attempt still runs) share
+    the limit too."""
+    pool = {"pool_size": limit, "max_overflow": 0, "pool_timeout": SLOT_WAIT_SECONDS}
     if url.startswith("sqlite"):
         path = sa.engine.make_url(url).database
         if not path or not Path(path).is_file():
             raise SourceUnreachable(f"SQLite database not found: {path}")
         # Read-only: a wrong path must never create an empty database that looks like a source.
-        return sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true")
-    return sa.create_engine(url, pool_pre_ping=True, connect_args=_connect_timeout(url))
+        engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=sa.pool.QueuePool, **pool)
+        sa.event.listen(engine, "connect", _sqlite_text)
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url, source_id), **pool)
+    if source_id is not None:
+        _bound_connections(engine, source_id, limit)
+    return engine
 
 
-def _connect_timeout(url: str) -> dict:
-    return {"connect_timeout": 10} if url.startswith("postgresql") else {}
+def _connect_args(url: str, source_id: str | None = None) -> dict:
+    if not url.startswith("postgresql"):
+        return {}
+    # The application name lets the source's DBA (and the tests) see which connections are ours.
+    return {"connect_timeout": 10, "application_name": f"qingfeng/{source_id or '-'}"[:63]}
+
+
+_slots_lock = threading.Lock()
+_slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+
+def _source_slots(source_id: str, limit: int) -> threading.BoundedSemaphore:
+    with _slots_lock:
+        return _slots.setdefault((source_id, limit), threading.BoundedSemaphore(limit))
+
+
+def _bound_connections(engine: sa.Engine, source_id: str, limit: int) -> None:
+    """Every DBAPI connection the engine opens holds one of the source's `limit` slots until it is closed
+    (NullPool-like behaviour, a new engine per attempt, invalidated connections: none can open more)."""
+    slots = _source_slots(source_id, limit)
+
+    def take_slot(dialect, record, cargs, cparams):
+        if not slots.acquire(timeout=SLOT_WAIT_SECONDS):
+            raise SourceUnreachable(f"no free connection to the source after {SLOT_WAIT_SECONDS:g} s: "
+                                    f"its {limit} allowed connection(s) are in use by an earlier attempt")
+        try:
+            dbapi_connection = dialect.connect(*cargs, **cparams)
+        except BaseException:
+            slots.release()
+            raise
+        record.info["qingfeng_slot"] = slots
+        return dbapi_connection
+
+    def give_back(dbapi_connection, record) -> None:
+        held = record.info.pop("qingfeng_slot", None)
+        if held is not None:
+            held.release()
+
+    sa.event.listen(engine, "do_connect", take_slot)
+    sa.event.listen(engine, "close", give_back)
 
 
 def _frame(result: sa.CursorResult, columns: list[str]) -> pl.DataFrame:
@@ -90,8 +144,9 @@ def extract_sql(
 ) -> Pulled:
     """Pull every table of a `platform` or `legacy` source changed since its watermark minus `overlap`."""
     pulled = Pulled(source.id)
+    engine = None
     try:
-        engine = _engine_for(source.url)
+        engine = _engine_for(source.url, source.connection_limit, source.id)
         with engine.connect() as conn:
             existing = {t.lower(): t for t in sa.inspect(conn).get_table_names()}
             for canonical, native in native_tables(source.dialect).items():
@@ -107,11 +162,18 @@ def extract_sql(
                 newest = _newest_change(frame, native, now)
                 if newest is not None:
                     pulled.watermarks[canonical] = max(newest, wm) if wm else newest
-        engine.dispose()
     except SourceUnreachable:
         raise
     except sa.exc.SQLAlchemyError as e:
-        raise SourceUnreachable(f"{type(e).__name__}: {_first_line(e)}") from e
+        # Driver messages can quote the URL's pieces: a password with an unescaped `@` becomes a host
+        # name ("failed to resolve host 'secret@10.0.0.5'"). Never pass it on, nor chain the original.
+        message = redact(f"{type(e).__name__}: {_first_line(e)}", source.url)
+        full = "".join(traceback.format_exception(e))
+        cause = None if redact(full, source.url) != full else e
+        raise SourceUnreachable(message) from cause
+    finally:
+        if engine is not None:
+            engine.dispose()  # close the pooled connection now, on failure too: it holds a slot
     return pulled
 
 
@@ -232,22 +294,71 @@ def extract_filedrop(source: Source, *, loaded: set[str]) -> Pulled:
             continue
         pulled.tables[canonical] = read_delivery_csv(path)
         pulled.full[canonical] = True
+        if ends_mid_record(path):
+            pulled.cut_off.append(canonical)
     return pulled
+
+
+def ends_mid_record(path: Path) -> bool:
+    """A delivery file cut off mid-transfer: a complete export ends its last record with a line break and
+    closes every quote it opens (a `"` inside a quoted value is doubled), so its last record cannot be
+    trusted (a value cut short can still parse: `2026-11-28 23:05` → `2026-11-2`). Bytes suffice: no
+    multi-byte character of UTF-8 or GB18030 contains the byte of `"` or of a line break."""
+    data = path.read_bytes()
+    return bool(data) and (not data.endswith((b"\n", b"\r")) or data.count(b'"') % 2 == 1)
+
+
+def _gb18030_resync(e: UnicodeDecodeError) -> tuple[str, int]:
+    # CPython's GB18030 decoder drops up to three bytes of a broken four-byte sequence (`\x81\x30,`) and
+    # with them a `,`, a quote or a line break (two records become one): replace the first byte only.
+    return "\ufffd", e.start + 1
+
+
+codecs.register_error("qingfeng-gb18030", _gb18030_resync)
+_NON_ASCII = bytes(range(0x80, 0x100))
+_ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, under errors="surrogateescape"
 
 
 def decode_bytes(data: bytes) -> str:
     """UTF-8 (with or without BOM) or GB18030, as the contract allows. Bytes valid in neither are
-    replaced (U+FFFD) rather than dropping the file; the affected values then fail to parse."""
+    replaced (U+FFFD) rather than dropping the file; the affected values then fail to parse. A file that
+    is UTF-8 but for a few bytes (cut off inside a character, a stray bad byte) stays UTF-8: in GB18030
+    text most non-ASCII bytes are not valid UTF-8."""
     if data.startswith(b"\xef\xbb\xbf"):
         return data[3:].decode("utf-8", errors="replace")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        return data.decode("gb18030", errors="replace")
+        pass
+    not_utf8 = len(_ESCAPED.findall(data.decode("utf-8", errors="surrogateescape")))
+    if 4 * not_utf8 <= len(data) - len(data.translate(None, _NON_ASCII)):
+        return data.decode("utf-8", errors="replace")
+    return data.decode("gb18030", errors="qingfeng-gb18030")
+
+
+def _rest_not_utf8(e: UnicodeDecodeError) -> tuple[str, int]:
+    return decode_bytes(e.object[e.start:]), len(e.object)
+
+
+codecs.register_error("qingfeng-sqlite-text", _rest_not_utf8)
+# UTF-8 at C speed; a value that is not UTF-8 (a legacy system's GB18030 text) is decoded as files are.
+_decode_sqlite_text = functools.partial(bytes.decode, encoding="utf-8", errors="qingfeng-sqlite-text")
+
+
+def _sqlite_text(dbapi_connection, _record) -> None:
+    # sqlite3 refuses a whole result with one TEXT value that is not UTF-8 ("Could not decode to UTF-8
+    # column"), and the source with it.
+    dbapi_connection.text_factory = _decode_sqlite_text
+
+
+_LINE_END = re.compile(r"\r\n?|\n")
+_LONE_CR = re.compile(r"\r(?!\n)")
 
 
 def read_delivery_csv(path: Path) -> pl.DataFrame:
     text = decode_bytes(path.read_bytes())
+    if (first := _LINE_END.search(text)) and first.group() == "\r":
+        text = _LONE_CR.sub("\n", text)  # old Mac line ends (CR only): the readers split on LF
     try:
         return pl.read_csv(
             io.BytesIO(text.encode("utf-8")),
@@ -257,6 +368,7 @@ def read_delivery_csv(path: Path) -> pl.DataFrame:
     except pl.exceptions.PolarsError:
         # A file cut off mid-record (an unterminated quote) defeats the fast reader; the standard
         # library's reader keeps every row it can, so nothing vanishes.
+        csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # one value may be most of the file
         reader = csv.reader(io.StringIO(text), strict=False)
         header = next(reader, [])
         rows = [(r + [None] * len(header))[: len(header)] for r in reader if r]

@@ -9,7 +9,8 @@ is sent (the alerts stay pending in the outbox).
 
 Safety: every value from a source is HTML-escaped (autoescape) in the HTML part; headers are set through
 `email.policy.SMTP`, which refuses CR/LF, and display names and subjects are stripped of control
-characters first; recipients must match a strict addr-spec (`transforms.alerts.EMAIL`).
+characters first; recipients must match a strict addr-spec (`transforms.alerts.EMAIL`); phone and ID-card
+numbers are masked in the subject and both bodies (`render`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from transforms.alerts import valid_email
+from transforms.alerts import mask_pii, valid_email
 
 TEMPLATES = Path(__file__).parent / "templates"
 SECURITIES = ("none", "starttls", "ssl")
@@ -124,12 +125,13 @@ def _environments() -> tuple[Environment, Environment]:
 
 
 def render(kind: str, **context) -> tuple[str, str, str]:
-    """(subject, plain text, HTML) of an alert email from templates/{kind}.{subject,txt,html}.j2."""
+    """(subject, plain text, HTML) of an alert email from templates/{kind}.{subject,txt,html}.j2. Phone and
+    ID-card numbers are masked in all three, whichever field of the context carried them (ids included)."""
     html_env, text_env = _environments()
     subject = text_env.get_template(f"{kind}.subject.j2").render(**context)
     text = text_env.get_template(f"{kind}.txt.j2").render(**context)
     html = html_env.get_template(f"{kind}.html.j2").render(**context)
-    return clean_header(subject, 200), text, html
+    return clean_header(mask_pii(subject), 200), mask_pii(text), mask_pii(html)
 
 
 def clean_header(value: str | None, limit: int = 120) -> str:

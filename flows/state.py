@@ -1,10 +1,13 @@
 """The pipeline's own state database (SQLAlchemy): watermarks, filedrop deliveries loaded, run records.
 
-A SQLite file in the warehouse by default; any SQLAlchemy URL through `QINGFENG_STATE_URL`.
+A SQLite file in the warehouse by default; any SQLAlchemy URL through `QINGFENG_STATE_URL`. A SQLite file
+locked by another process is waited for `QINGFENG_STATE_TIMEOUT_SECONDS` (default 30 s); then, like any
+other failure to use the state database, it raises `StateUnavailable`, which names the database.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -68,6 +71,11 @@ class StageRecord:
     message: str | None = None
 
 
+class StateUnavailable(RuntimeError):
+    """The pipeline's own state database cannot be used (locked by another process, unreachable). The
+    night cannot go on without it: nothing was written by the statement that failed."""
+
+
 def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
@@ -75,9 +83,29 @@ def _utc(ts: datetime) -> datetime:
 class StateStore:
     def __init__(self, url: str):
         self.url = url
-        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
+        self.timeout = float(os.environ.get("QINGFENG_STATE_TIMEOUT_SECONDS", "30"))
+        connect_args = {"timeout": self.timeout} if url.startswith("sqlite") else {}
         self.engine = sa.create_engine(url, connect_args=connect_args)
+        sa.event.listen(self.engine, "handle_error", self._unavailable)
         metadata.create_all(self.engine)
+
+    def _unavailable(self, context: sa.engine.ExceptionContext) -> None:
+        """A database that cannot be used (locked, gone, unreachable) raises StateUnavailable naming the
+        state database, instead of a driver error from deep inside SQLAlchemy."""
+        if not isinstance(context.sqlalchemy_exception, sa.exc.OperationalError):
+            return
+        u = sa.engine.make_url(self.url)
+        where = u.database if u.drivername.startswith("sqlite") else u.render_as_string(hide_password=True)
+        original = context.original_exception
+        text = str(original).strip()
+        reason = text.splitlines()[0] if text else type(original).__name__
+        if "locked" in reason:
+            reason += (f" (waited {self.timeout:g} s, $QINGFENG_STATE_TIMEOUT_SECONDS): another process holds"
+                       " it, e.g. another qingfeng run or a tool with the file open")
+        leaks = bool(u.password) and str(u.password) in text  # a driver may quote the URL's pieces
+        if leaks:
+            reason = reason.replace(str(u.password), "***")
+        raise StateUnavailable(f"state database {where} cannot be used: {reason}") from (None if leaks else original)
 
     def dispose(self) -> None:
         self.engine.dispose()

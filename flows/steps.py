@@ -31,7 +31,7 @@ from expectations.rules.base import RuleContext
 from flows.extract import Pulled, SourceUnreachable, extract_filedrop, extract_sql, list_deliveries
 from flows.outbox import MailSummary, NightContext, night_alerts
 from flows.registry import Registry, Source
-from flows.state import StageRecord, StateStore
+from flows.state import StageRecord, StateStore, StateUnavailable
 from transforms.dialects import native_tables
 from transforms.merge import replace_children, upsert
 from transforms.normalize import MissingColumnsError, normalize_table
@@ -133,18 +133,30 @@ def normalize_source(
     quarantined: list[pl.DataFrame] = []
     for table, raw in pulled.tables.items():
         t0 = time.perf_counter()
+        tail = None
+        if table in pulled.cut_off and raw.height:
+            # The file was cut off inside its last record: every complete row goes on, that one waits in
+            # the quarantine (the next full delivery brings it whole).
+            reason = f"cut off mid-file: the last record of delivery {pulled.delivery} is incomplete"
+            raw, tail = raw.head(raw.height - 1), _whole_table_quarantine(raw.tail(1), source.id, table, reason)
+            quarantined.append(tail)
         try:
             result = normalize_table(raw, dialect=source.dialect, table=table, source_id=source.id)
         except MissingColumnsError as e:
             problems.append({"table": table, "problem": str(e)})
-            records.append(StageRecord(source.id, "normalize", table, rows_in=raw.height, status="failed",
+            records.append(StageRecord(source.id, "normalize", table, rows_in=raw.height + _height(tail),
+                                       quarantined=raw.height + _height(tail), status="failed",
                                        message=str(e), seconds=time.perf_counter() - t0))
             quarantined.append(_whole_table_quarantine(raw, source.id, table, str(e)))
             continue
-        if result.extra_columns:
-            # Not an error: the contract allows it. Recorded so a steward can see the drift.
+        # Not an error: the contract allows it. Recorded so a steward can see the drift (a renamed optional
+        # column is one missing, read as null, and one extra).
+        drift = [f"{what} columns: " + ", ".join(cols)
+                 for what, cols in (("extra", result.extra_columns), ("missing", result.missing_columns))
+                 if cols]
+        if drift:
             records.append(StageRecord(source.id, "schema_drift", table, status="ok",
-                                       message="extra columns: " + ", ".join(result.extra_columns)))
+                                       message="; ".join(drift)))
         silver = upsert(_read_silver(layout, table, source.id), result.clean, table)
         _write_parquet(silver, layout.silver_file(table, source.id))
         if table == "stage_reports":
@@ -155,12 +167,19 @@ def normalize_source(
             _write_parquet(metrics, layout.silver_file("metrics", source.id))
             quarantined.append(result.metrics_quarantine)
         quarantined.append(result.quarantine)
-        records.append(StageRecord(source.id, "normalize", table, rows_in=raw.height, rows_out=result.clean.height,
-                                   quarantined=result.quarantine.height, seconds=time.perf_counter() - t0))
+        records.append(StageRecord(source.id, "normalize", table, rows_in=raw.height + _height(tail),
+                                   rows_out=result.clean.height,
+                                   quarantined=result.quarantine.height + _height(tail),
+                                   seconds=time.perf_counter() - t0,
+                                   message=None if tail is None else "cut off mid-file: last record quarantined"))
     quarantine = pl.concat(quarantined) if quarantined else pl.DataFrame(schema=QUARANTINE_SCHEMA)
     for table, part in quarantine.partition_by("table", as_dict=True).items():
         _write_parquet(part, layout.quarantine_file(as_of, source.id, table[0]))
     return records, problems, quarantine
+
+
+def _height(frame: pl.DataFrame | None) -> int:
+    return 0 if frame is None else frame.height
 
 
 def _whole_table_quarantine(raw: pl.DataFrame, source_id: str, table: str, reason: str) -> pl.DataFrame:
@@ -189,6 +208,8 @@ def extract_stage(
     t0 = time.perf_counter()
     try:
         pulled = extract_source(source, state, as_of, settings)
+    except StateUnavailable:
+        raise  # the pipeline's own database, not the source: no source is to blame (C1) for it
     except Exception as e:  # noqa: BLE001 — one source's failure must not stop the night
         if raise_transient and is_transient(source, e):
             e.seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
@@ -261,8 +282,11 @@ def normalize_stage(
     outcome.records += records
     outcome.contract_problems += problems
     outcome.quarantine = quarantine
-    # Only now that silver holds tonight's rows may the watermark move on.
-    state.set_watermarks(source.id, as_of, pulled.watermarks, run_id)
+    # Only now that silver holds tonight's rows may the watermark move on; not for a table that could not
+    # be normalized (C1: a required column missing), whose rows silver does not hold.
+    failed = {p["table"] for p in problems}
+    marks = {t: w for t, w in pulled.watermarks.items() if t not in failed}
+    state.set_watermarks(source.id, as_of, marks, run_id)
     if pulled.delivery:
         state.mark_delivery_loaded(source.id, pulled.delivery, as_of, run_id)
     return outcome

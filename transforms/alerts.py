@@ -30,8 +30,10 @@ EMAIL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9
 REMIND_THRESHOLDS = (7, 1)  # days before due: the first reminder, then the day before
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 
-_PHONE = re.compile(r"(?<![0-9A-Za-z])(1[3-9][0-9])[0-9]{4}([0-9]{4})(?![0-9A-Za-z])")
-_ID_CARD = re.compile(r"(?<![0-9A-Za-z])([0-9]{6})[0-9]{8}([0-9]{3}[0-9Xx])(?![0-9A-Za-z])")
+# Digits may be full-width (contract §6): a number written so is the same number (same masks as the marts).
+_D, _A = "[0-9０-９]", "[0-9A-Za-z０-９Ａ-Ｚａ-ｚ]"  # a digit; a character that would continue a number
+_PHONE = re.compile(rf"(?<!{_A})([1１][3-9３-９]{_D}){_D}{{4}}({_D}{{4}})(?!{_A})")
+_ID_CARD = re.compile(rf"(?<!{_A})({_D}{{6}}){_D}{{8}}({_D}{{3}}[0-9０-９XxＸｘ])(?!{_A})")
 
 
 def mask_pii(text: str | None) -> str | None:

@@ -76,12 +76,15 @@ class MartInputs:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-_PHONE = r"(^|[^0-9A-Za-z])(1[3-9][0-9])[0-9]{4}([0-9]{4})($|[^0-9A-Za-z])"
-_ID_CARD = r"(^|[^0-9A-Za-z])([0-9]{6})[0-9]{8}([0-9]{3}[0-9Xx])($|[^0-9A-Za-z])"
+# Digits may be full-width (contract §6: `８５％`): a number written so is the same number.
+_D, _B = "[0-9０-９]", "[^0-9A-Za-z０-９Ａ-Ｚａ-ｚ]"  # a digit; a character that bounds a number
+_PHONE = rf"(^|{_B})([1１][3-9３-９]{_D}){_D}{{4}}({_D}{{4}})($|{_B})"
+_ID_CARD = rf"(^|{_B})({_D}{{6}}){_D}{{8}}({_D}{{3}}[0-9０-９XxＸｘ])($|{_B})"
 
 
 def mask_pii(expr: pl.Expr) -> pl.Expr:
-    """Mask mobile numbers (138****1234) and 18-char resident ids (110101********1234) in a String expr.
+    """Mask mobile numbers (138****1234) and 18-char resident ids (110101********1234) in a String expr,
+    in half-width or full-width digits.
 
     Applied twice so that two numbers separated by a single character are both caught (the regex
     consumes the separator as the boundary of the first match).
