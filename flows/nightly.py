@@ -1,10 +1,11 @@
-"""The nightly Prefect flow: a task per stage per source, then the cross-source stages once.
+"""The nightly Prefect flow: a task per source (its extraction a nested task), then the cross-source
+stages once.
 
 Works on Prefect's ephemeral API (no server) for `qingfeng run`; `qingfeng serve` (flows.serve)
 schedules the same flow on a Prefect server.
 
 Faults stay with their source: extraction raises on a source server it cannot read, so that Prefect's
-retries (exponential backoff) and per-attempt timeout apply; the last failure reaches the bronze task as
+retries (exponential backoff) and per-attempt timeout apply; the last failure reaches the bronze stage as
 an exception and becomes that source's failed outcome (C1, and C4 while the marts keep
 its earlier data). The others complete, and the flow run ends "Completed with failures", naming them.
 
@@ -25,6 +26,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import task_run as task_run_info  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
@@ -70,7 +72,9 @@ def today_shanghai() -> date:
     return datetime.now(SHANGHAI).date()
 
 
-@task(name="extract", task_run_name="extract-{source.id}")
+# Every task has side effects and must run each time (NO_CACHE); Prefect's default cache policy would also
+# hash each task's inputs to make a cache key nobody uses.
+@task(name="extract", task_run_name="extract-{source.id}", cache_policy=NO_CACHE)
 def extract_task(source: Source, state_url: str, as_of: date, settings: steps.RunSettings):
     attempt = task_run_info.run_count or 1
     progress.report(source.id, "extract", "running" if attempt == 1 else "retrying", f"attempt {attempt}")
@@ -94,8 +98,7 @@ def _rows(outcome: steps.SourceOutcome, stage: str) -> str:
     return f"{sum(r.rows_out for r in outcome.records if r.stage == stage)} rows"
 
 
-@task(name="bronze", task_run_name="bronze-{source.id}")
-def land_task(extracted: tuple[steps.SourceOutcome, Pulled | None] | BaseException, source: Source,
+def land_stage(extracted: tuple[steps.SourceOutcome, Pulled | None] | BaseException, source: Source,
               warehouse: str, run_id: str, settings: steps.RunSettings | None = None):
     if isinstance(extracted, BaseException):  # the extract task failed for good (retries, timeout)
         attempts = getattr(extracted, "attempts", (settings.extract_retries + 1) if settings else 1)
@@ -112,8 +115,7 @@ def land_task(extracted: tuple[steps.SourceOutcome, Pulled | None] | BaseExcepti
     return outcome, pulled
 
 
-@task(name="normalize", task_run_name="normalize-{source.id}")
-def normalize_task(
+def normalize_stage(
     landed: tuple[steps.SourceOutcome, Pulled | None], source: Source, warehouse: str, state_url: str,
     as_of: date, run_id: str,
 ) -> steps.SourceOutcome:
@@ -134,12 +136,14 @@ def normalize_task(
     return outcome
 
 
-@task(name="source", task_run_name="source-{source.id}")
+@task(name="source", task_run_name="source-{source.id}", cache_policy=NO_CACHE)
 def source_task(source: Source, warehouse: str, state_url: str, as_of: date, run_id: str,
                 settings: steps.RunSettings) -> steps.SourceOutcome:
-    """One source's night: extract (retried with backoff, each attempt under the timeout), bronze,
-    normalize, as nested task runs. An extraction that still fails reaches the bronze task as its
-    exception, which becomes the source's failed outcome; the other sources go on."""
+    """One source's night: extract (a nested task run: retried with backoff, each attempt under the
+    timeout), then bronze and normalize in this task (their seconds are in the run records and the
+    progress display; a task run each would cost the Prefect API more than they take). An extraction that
+    still fails reaches the bronze stage as its exception, which becomes the source's failed outcome; the
+    other sources go on."""
     extract = extract_task.with_options(
         retries=settings.extract_retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds)
@@ -150,11 +154,11 @@ def source_task(source: Source, warehouse: str, state_url: str, as_of: date, run
         extracted = extract(source, state_url, as_of, settings)
     except Exception as e:  # noqa: BLE001 — retries spent or timed out: the source's failure, not the night's
         extracted = e
-    landed = land_task(extracted, source, warehouse, run_id, settings)
-    return normalize_task(landed, source, warehouse, state_url, as_of, run_id)
+    landed = land_stage(extracted, source, warehouse, run_id, settings)
+    return normalize_stage(landed, source, warehouse, state_url, as_of, run_id)
 
 
-@task(name="rules-and-marts")
+@task(name="rules-and-marts", cache_policy=NO_CACHE)
 def finish_task(warehouse: str, state_url: str, sources_file: str, outcomes: dict, as_of: date, run_id: str,
                 dry_run_mail: str | None = None):
     state = StateStore(state_url)
