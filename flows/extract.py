@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import functools
 import io
 import re
 import threading
@@ -336,13 +335,12 @@ def decode_bytes(data: bytes) -> str:
     return data.decode("gb18030", errors="qingfeng-gb18030")
 
 
-def _rest_not_utf8(e: UnicodeDecodeError) -> tuple[str, int]:
-    return decode_bytes(e.object[e.start:]), len(e.object)
-
-
-codecs.register_error("qingfeng-sqlite-text", _rest_not_utf8)
-# UTF-8 at C speed; a value that is not UTF-8 (a legacy system's GB18030 text) is decoded as files are.
-_decode_sqlite_text = functools.partial(bytes.decode, encoding="utf-8", errors="qingfeng-sqlite-text")
+def _decode_sqlite_text(value: bytes) -> str:
+    """A TEXT value: UTF-8, or else (a legacy system's GB18030 text, broken bytes) decoded as files are."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return decode_bytes(value)
 
 
 def _sqlite_text(dbapi_connection, _record) -> None:

@@ -39,3 +39,17 @@ def prefect_server(tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slow", action="store_true", default=False,
+        help="longer property-based runs (tests/test_fuzz.py: 200,000 generated rows per table and dialect, "
+             "more Hypothesis examples)",
+    )
+
+
+@pytest.fixture(scope="session")
+def slow(request) -> bool:
+    """True under `pytest --slow`: property-based tests generate more rows and more examples."""
+    return bool(request.config.getoption("--slow"))

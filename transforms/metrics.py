@@ -13,9 +13,10 @@ system writing JSON is read too):
 
 Each entry that does not parse (no `:`, empty name, value not a number, `null`) is one
 `metrics_quarantine` row; the other entries of the same report are kept. A repeated name within one
-report keeps the last value (JSON semantics) and quarantines the earlier ones. Names are cleaned like
-text (HTML, control characters) and NFKC-normalized, so `投入资金（万元）` and `投入资金(万元)` are
-one metric across dialects.
+report keeps the last value (JSON semantics) and quarantines the earlier ones. A field of more than
+`MAX_ENTRIES` entries is not metrics: one `metrics_quarantine` row, nothing extracted. Names are
+cleaned like text (HTML, control characters) and NFKC-normalized, so `投入资金（万元）` and
+`投入资金(万元)` are one metric across dialects.
 
 Pure and vectorized: frames in, frames out.
 """
@@ -33,6 +34,10 @@ _PAIR = rf"{_STR}\s*:\s*{_VAL}"
 _OBJECT = rf"(?s)^\{{\s*(?:{_PAIR}\s*(?:,\s*{_PAIR}\s*)*)?\}}$"
 _PAIR_GROUPS = r'(?s)^"(?<name>(?:[^"\\]|\\.)*)"\s*:\s*(?<value>.*)$'
 _KV_GROUPS = r"(?s)^(?<name>[^:]*):(?<value>.*)$"
+# A report's metrics are a handful of figures. A field of more entries is a pasted table, not metrics:
+# it is quarantined whole (one row), since each bad entry's quarantine row carries the whole report row
+# (a 1 MB `a:x;a:x;…` would otherwise make 262,144 copies of a 1 MB row).
+MAX_ENTRIES = 200
 
 
 def _empty_metrics() -> pl.DataFrame:
@@ -91,12 +96,12 @@ def parse_metrics(
     )
     pairs = (
         js.filter(pl.col("text").str.contains(_OBJECT))
-        .select("_r", "report_id", "raw", pair=pl.col("text").str.extract_all(_PAIR))
+        .select("_r", "report_id", pair=pl.col("text").str.extract_all(_PAIR))
         .explode("pair")
         .filter(pl.col("pair").is_not_null())
         .with_columns(g=pl.col("pair").str.extract_groups(_PAIR_GROUPS))
         .select(
-            "_r", "report_id", "raw",
+            "_r", "report_id",
             entry=pl.col("pair"),
             name=pl.col("g").struct.field("name"),
             value=parse.trim(pl.col("g").struct.field("value")),
@@ -116,7 +121,7 @@ def parse_metrics(
     kv = (
         base.filter(~pl.col("is_json"))
         .select(
-            "_r", "report_id", "raw",
+            "_r", "report_id",
             entry=pl.col("text").str.normalize("NFKC").str.replace_all(r"[;\r\n]+", ";").str.split(";"),
         )
         .explode("entry")
@@ -124,13 +129,27 @@ def parse_metrics(
         .filter(pl.col("entry").str.len_bytes() > 0)
         .with_columns(g=pl.col("entry").str.extract_groups(_KV_GROUPS))
         .select(
-            "_r", "report_id", "raw", "entry",
+            "_r", "report_id", "entry",
             name=pl.col("g").struct.field("name"),
             value=parse.trim(pl.col("g").struct.field("value")),
         )
     )
 
     entries = pl.concat([pairs, kv], how="vertical").with_row_index("_e")
+    too_many = pl.len().over("_r") > MAX_ENTRIES
+    crowded = (
+        entries.filter(too_many)
+        .group_by("_r")
+        .agg(pl.col("report_id").first(), pl.len().alias("n"))
+        .select(
+            "_r",
+            pl.lit(0, pl.UInt32).alias("_e"),
+            "report_id",
+            reason=pl.lit("metrics: ") + pl.col("n").cast(pl.String)
+            + pl.lit(f" entries, more than the {MAX_ENTRIES} a report's metrics can hold"),
+        )
+    )
+    entries = entries.filter(~too_many)
     name = parse.clean_text(pl.col("name")).str.normalize("NFKC")
     name = parse.empty_to_null(parse.trim(name))
     entries = entries.with_columns(
@@ -168,9 +187,13 @@ def parse_metrics(
             pl.col("metric_value").cast(pl.Float64),
         )
     )
-    bad_entries = entries.filter(pl.col("reason").is_not_null()).select("_r", "_e", "report_id", "raw", "reason")
+    bad_entries = entries.filter(pl.col("reason").is_not_null()).select("_r", "_e", "report_id", "reason")
+    bad_entries = pl.concat([crowded, bad_entries.with_columns(pl.col("_e").cast(pl.UInt32))], how="vertical")
+    bad_entries = bad_entries.join(base.select("_r", "raw"), on="_r", how="left").select(
+        "_r", "_e", "report_id", "raw", "reason"
+    )
     quarantine = (
-        pl.concat([bad_field, bad_entries.with_columns(pl.col("_e").cast(pl.UInt32))], how="vertical")
+        pl.concat([bad_field, bad_entries], how="vertical")
         .sort("_r", "_e")
         .select(
             pl.lit(source_id, pl.String).alias("source_id"),
