@@ -66,6 +66,9 @@ PARAMS: dict[str, Param] = {
     "rows_per_band": Param(4, "32 bands of 4: a pair at Jaccard 0.6 becomes a candidate with probability "
                               "1 - (1 - 0.6^4)^32 = 0.987 (0.5: 0.87, 0.7: 0.9995); at 0.1 with 0.003, "
                               "which keeps the candidates of a million reports to a few million."),
+    "max_chars": Param(5_000, "Only the first 5,000 characters of a summary (after cleaning) are compared: "
+                              "ten times a long stage report, plenty to tell a copy, while a pasted document "
+                              "of a megabyte would cost about 200 bytes a character to shingle."),
     "chunk_docs": Param(20_000, "Reports shingled and sketched per batch: about 4 M shingle occurrences, "
                                 "a few hundred MB of working arrays, whatever the size of the city."),
     "max_bucket": Param(200, "Bound on the pairs drawn from one LSH bucket (guards mass-identical texts)."),
@@ -76,7 +79,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     reports = (
         ctx.table("stage_reports")
         .filter(pl.col("project_id").is_not_null() & pl.col("summary").is_not_null())
-        .select("source_id", "report_id", "project_id", "submitted_at", normalize_text("summary").alias("_text"))
+        .select("source_id", "report_id", "project_id", "submitted_at", normalize_text("summary").str.slice(0, params["max_chars"]).alias("_text"))
         .unique(subset=["source_id", "report_id"], keep="first")
         .sort("submitted_at", "source_id", "report_id", nulls_last=True)
         .with_row_index("doc")
