@@ -157,9 +157,13 @@ def normalize_source(
         if drift:
             records.append(StageRecord(source.id, "schema_drift", table, status="ok",
                                        message="; ".join(drift)))
-        silver = upsert(_read_silver(layout, table, source.id), result.clean, table)
+        # A column the source no longer sends (renamed, dropped) says nothing about the rows' values: the
+        # rows that arrive tonight keep what silver knew for it, rather than being blanked.
+        absent = [canon for native, canon in native_tables(source.dialect)[table].columns.items()
+                  if native in result.missing_columns]
+        silver = upsert(_read_silver(layout, table, source.id), result.clean, table, keep=absent)
         _write_parquet(silver, layout.silver_file(table, source.id))
-        if table == "stage_reports":
+        if table == "stage_reports" and "metrics" not in absent:
             metrics = replace_children(
                 _read_silver(layout, "metrics", source.id), result.metrics,
                 parent_ids=result.clean.select("source_id", "report_id"), key="report_id",

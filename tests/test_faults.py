@@ -541,6 +541,9 @@ def test_schema_drift_renamed_added_and_dropped(tmp_path):
     assert "extra columns: mobile, wechat" in drift.message and "missing columns: phone" in drift.message
     people = silver(layout, "persons", src.id)
     assert people.filter(pl.col("person_id") == person)["name"].item() == "改名"
+    # The renamed optional column says nothing about the person's phone: silver keeps the one it had.
+    old_phone = before[("persons", src.id)].filter(pl.col("person_id") == person)["phone"].item()
+    assert old_phone and people.filter(pl.col("person_id") == person)["phone"].item() == old_phone
     assert "wechat" not in people.columns and "mobile" not in people.columns
     assert str(silver(layout, "milestones", src.id).filter(pl.col("milestone_id") == ms)["due_date"].item()) \
         == "2027-01-15"

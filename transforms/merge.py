@@ -16,8 +16,20 @@ def key_fold(column: str) -> pl.Expr:
     return pl.col(column).str.to_lowercase()
 
 
-def upsert(current: pl.DataFrame | None, incoming: pl.DataFrame, table: str) -> pl.DataFrame:
+def upsert(current: pl.DataFrame | None, incoming: pl.DataFrame, table: str, keep: list[str] | None = None
+           ) -> pl.DataFrame:
+    """`keep`: columns tonight's input did not have (the source dropped or renamed them): an incoming row
+    takes their values from its current version instead of nulls (a new row has none to take)."""
     spec = TABLES[table]
+    keep = [c for c in (keep or []) if c in spec.schema and c != spec.key]
+    if keep and current is not None and not current.is_empty():
+        old = current.select("source_id", key_fold(spec.key).alias("_key"), *[pl.col(c).alias(f"_old_{c}") for c in keep])
+        incoming = (
+            incoming.with_columns(key_fold(spec.key).alias("_key"))
+            .join(old, on=["source_id", "_key"], how="left")
+            .with_columns(pl.col(f"_old_{c}").alias(c) for c in keep)
+            .select(incoming.columns)
+        )
     if current is None or current.is_empty():
         merged = incoming
     else:
