@@ -51,6 +51,11 @@ class ServerUnavailable(MailError):
     """The server could not be reached or would not let us in: no point trying the next message."""
 
 
+class DeliveryUnknown(MailError):
+    """The connection broke after the message was handed over and before the server's answer: it may
+    have been delivered. Sending it again could deliver it twice."""
+
+
 # ---------------------------------------------------------------------------------------------- settings
 
 
@@ -245,19 +250,40 @@ class SmtpTransport(Transport):
         for attempt in (1, 2):
             if self._conn is None:
                 self._conn = self._connect()
+            conn, handed_over = self._conn, False
+            data = conn.data
+
+            def data_once(message, _data=data):
+                nonlocal handed_over
+                handed_over = True  # from here on the server may have the message
+                return _data(message)
+
+            conn.data = data_once  # type: ignore[method-assign]
             try:
-                refused = self._conn.send_message(msg)
+                refused = conn.send_message(msg)
             except smtplib.SMTPServerDisconnected as e:
                 self._conn = None
+                if handed_over:
+                    raise DeliveryUnknown(self._redact(f"SMTP server disconnected while taking the message: {e}")
+                                          ) from None
                 if attempt == 2:
                     raise MailError(self._redact(f"SMTP server disconnected: {e}")) from None
-                continue
+                continue  # dropped while idle or before the message: safe to try on a new connection
             except smtplib.SMTPRecipientsRefused as e:
                 codes = "; ".join(f"{code} {resp.decode(errors='replace')}" for code, resp in e.recipients.values())
                 raise MailError(self._redact(f"recipient refused: {codes}")) from None
-            except (smtplib.SMTPException, OSError) as e:
+            except smtplib.SMTPDataError as e:  # the server answered "no": it does not have the message
                 self.close()
                 raise MailError(self._redact(f"SMTP error: {type(e).__name__}: {e}")) from None
+            except (smtplib.SMTPException, OSError) as e:
+                self.close()
+                if handed_over:
+                    raise DeliveryUnknown(self._redact(f"no answer after the message was handed over: "
+                                                       f"{type(e).__name__}: {e}")) from None
+                raise MailError(self._redact(f"SMTP error: {type(e).__name__}: {e}")) from None
+            finally:
+                with contextlib.suppress(AttributeError):
+                    del conn.data
             if refused:
                 raise MailError(self._redact(f"recipient refused: {refused}"))
             return

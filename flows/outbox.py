@@ -27,7 +27,7 @@ from pathlib import Path
 import polars as pl
 import sqlalchemy as sa
 
-from flows.mail import MailError, ServerUnavailable, Transport, build_message, render
+from flows.mail import DeliveryUnknown, MailError, ServerUnavailable, Transport, build_message, render
 from flows.state import metadata
 from transforms import alerts as raise_
 from transforms.schema import TIMESTAMP
@@ -209,6 +209,7 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
         return summary
     from_addr = sender or "qingfeng@localhost.localdomain"
     unavailable: str | None = None  # once the server cannot be reached, the rest wait for the next run
+    unconfirmed = 0
     try:
         for m in pending:
             error = unavailable
@@ -225,6 +226,8 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
                     transport.send(msg, f"{m['as_of'].isoformat()}-{m['kind']}-{m['message_id']}")
                 except ServerUnavailable as e:
                     error = unavailable = str(e)
+                except DeliveryUnknown as e:  # the server may have it: never twice, so reported, not retried
+                    error = f"{e}; {INTERRUPTED_ON_SEND}"
                 except MailError as e:
                     error = str(e)
             now = _now()
@@ -238,7 +241,10 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
                 if error != unavailable:
                     summary.errors.append(f"{m['kind']} {m['message_id']} to {m['recipient'] or '—'}: {error}")
                     log.warning("alert email %s not sent: %s", m["message_id"], error)
-            if error is not None:
+            if error is not None and INTERRUPTED_ON_SEND in error:
+                values["status"] = "unconfirmed"
+                unconfirmed += 1
+            elif error is not None:
                 values["status"] = "pending"  # back from "sending" (claimed) or never left pending
             with engine.begin() as conn:
                 conn.execute(sa.update(messages).where(messages.c.message_id == m["message_id"]).values(**values))
@@ -248,12 +254,15 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
         waiting = summary.failed - len(summary.errors)
         summary.errors.insert(0, f"{waiting} email(s) wait for the next run: {unavailable}")
         log.warning("%d alert email(s) not sent: %s", waiting, unavailable)
-    summary.pending = summary.failed
+    summary.pending = summary.failed - unconfirmed
     return summary
 
 
 INTERRUPTED = ("the run stopped while this email was being handed to the SMTP server: it may have been "
                "delivered, so it is not sent again (set its status back to pending to send it anyway)")
+
+
+INTERRUPTED_ON_SEND = "it may have been delivered, so it is not sent again (set its status back to pending to send it anyway)"
 
 
 def _claim(engine: sa.Engine, message_id: str) -> bool:

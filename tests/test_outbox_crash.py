@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from flows import outbox
@@ -114,3 +115,73 @@ def test_two_runs_delivering_at_once_send_each_email_once(tmp_path, monkeypatch)
     with engine.connect() as c:
         total = c.execute(sa.select(sa.func.count()).select_from(outbox.messages)).scalar_one()
     assert len(ids) == len(set(ids)) == total
+
+
+class DroppingInbox(Inbox):
+    """Takes the first message, then drops the connection instead of answering (the server may have it)."""
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        if len(self.envelopes) == 1:
+            server.transport.abort()
+        return "250 Message accepted for delivery"
+
+
+class IdleClosingInbox(Inbox):
+    """Answers the first message, then closes the connection while the client is idle."""
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        if len(self.envelopes) == 1:
+            asyncio.get_running_loop().call_later(0.05, server.transport.close)
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def state_engine(tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 'state.sqlite'}")
+    yield store.engine
+    store.dispose()
+
+
+def _smtp_to(monkeypatch, port: int) -> None:
+    for k, v in _smtp_env(port).items():
+        if k.startswith("QINGFENG_SMTP_"):
+            monkeypatch.setenv(k, v)
+
+
+def test_connection_dropped_after_the_message_is_unconfirmed_not_resent(state_engine, monkeypatch):
+    engine = state_engine
+    port = free_port()
+    _smtp_to(monkeypatch, port)
+    with Server(port, DroppingInbox()) as server:
+        _, summary = night(engine)
+        time.sleep(0.2)
+    first = server.inbox.messages()[0][1]["Message-ID"]
+    ids = [m["Message-ID"] for _, m in server.inbox.messages()]
+    assert len(ids) == len(set(ids))  # the dropped one was not sent again on a new connection
+    with engine.connect() as c:
+        rows = dict(c.execute(sa.select(outbox.messages.c.message_id, outbox.messages.c.status)).all())
+    stuck = [mid for mid, status in rows.items() if status == "unconfirmed"]
+    assert len(stuck) == 1 and first.startswith(f"<{stuck[0]}@")
+    assert all(status == "sent" for mid, status in rows.items() if mid != stuck[0])
+    assert summary.pending == 0 and any("may have been delivered" in e for e in summary.errors)
+
+
+def test_connection_closed_while_idle_is_reopened_and_nothing_is_lost(state_engine, monkeypatch):
+    engine = state_engine
+    port = free_port()
+    _smtp_to(monkeypatch, port)
+    with Server(port, IdleClosingInbox()) as server:
+        orig = outbox.build_message
+
+        def slow_build(**kw):  # give the server time to close the idle connection between two emails
+            time.sleep(0.2)
+            return orig(**kw)
+
+        monkeypatch.setattr(outbox, "build_message", slow_build)
+        _, summary = night(engine)
+    ids = [m["Message-ID"] for _, m in server.inbox.messages()]
+    with engine.connect() as c:
+        statuses = [r[0] for r in c.execute(sa.select(outbox.messages.c.status))]
+    assert set(statuses) == {"sent"} and len(ids) == len(set(ids)) == len(statuses) == summary.sent
