@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from flows.steps import (
     process_source,
 )
 from simulator import simulate_city
+from tests.test_publish import sigkill_at_marker
 from transforms.merge import key_fold
 from transforms.parse import timestamp as parse_timestamp
 from transforms.schema import TABLES
@@ -713,16 +713,7 @@ def test_sigkill_mid_publish_then_the_next_run_completes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), PAUSE_ENV: "renamed", PAUSE_MARKER_ENV: str(marker)}
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(registry.path), str(layout.root), d2.isoformat()],
                             cwd=REPO, env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while not marker.exists():
-            assert proc.poll() is None, f"the night exited early with {proc.returncode}"
-            assert time.monotonic() < deadline, "the night never reached the publish"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_at_marker(proc, marker, timeout=180)  # the night pauses inside the publish
     assert set(read_manifest(layout)["marts"]["project_health"]) == {AS_OF.isoformat()}  # the old night, whole
 
     _, result = night(layout, registry, d2)

@@ -257,6 +257,20 @@ def _assert_consistent(layout: Layout, *options: dict[str, pl.DataFrame]) -> int
     return seen.pop()
 
 
+def sigkill_at_marker(proc: subprocess.Popen, marker: Path, timeout: float) -> None:
+    """SIGKILL `proc` the moment it creates `marker` (the pause point it was told to stop at)."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert proc.poll() is None, f"child exited early with {proc.returncode}"
+            assert time.monotonic() < deadline, "child never reached the pause point"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
 @pytest.mark.parametrize("stage", ["linked", "file", "written", "renamed", "swapped"])
 def test_sigkill_mid_publish_leaves_a_whole_release(tmp_path: Path, stage: str):
     layout = Layout(tmp_path / "wh")
@@ -267,16 +281,7 @@ def test_sigkill_mid_publish_leaves_a_whole_release(tmp_path: Path, stage: str):
 
     marker = tmp_path / "paused"
     proc = _spawn(layout, D2, "k", 7, {PAUSE_ENV: stage, PAUSE_MARKER_ENV: str(marker)})
-    try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, f"child exited early with {proc.returncode}"
-            assert time.monotonic() < deadline, "child never reached the pause point"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
+    sigkill_at_marker(proc, marker, timeout=60)
 
     state = _assert_consistent(layout, before, after)
     assert state == (1 if stage == "swapped" else 0)
