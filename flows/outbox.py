@@ -212,7 +212,7 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
     unconfirmed = 0
     try:
         for m in pending:
-            error = unavailable
+            error, maybe_delivered = unavailable, False
             if error is None and not _claim(engine, m["message_id"]):
                 continue  # another run is sending it, or has sent it: never twice
             if error is None:
@@ -227,7 +227,7 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
                 except ServerUnavailable as e:
                     error = unavailable = str(e)
                 except DeliveryUnknown as e:  # the server may have it: never twice, so reported, not retried
-                    error = f"{e}; {INTERRUPTED_ON_SEND}"
+                    error, maybe_delivered = f"{e}; {NOT_SENT_AGAIN}", True
                 except MailError as e:
                     error = str(e)
             now = _now()
@@ -241,7 +241,7 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
                 if error != unavailable:
                     summary.errors.append(f"{m['kind']} {m['message_id']} to {m['recipient'] or '—'}: {error}")
                     log.warning("alert email %s not sent: %s", m["message_id"], error)
-            if error is not None and INTERRUPTED_ON_SEND in error:
+            if maybe_delivered:
                 values["status"] = "unconfirmed"
                 unconfirmed += 1
             elif error is not None:
@@ -258,11 +258,8 @@ def deliver(engine: sa.Engine, transport: Transport | None, sender: str | None) 
     return summary
 
 
-INTERRUPTED = ("the run stopped while this email was being handed to the SMTP server: it may have been "
-               "delivered, so it is not sent again (set its status back to pending to send it anyway)")
-
-
-INTERRUPTED_ON_SEND = "it may have been delivered, so it is not sent again (set its status back to pending to send it anyway)"
+NOT_SENT_AGAIN = "it may have been delivered, so it is not sent again (set its status back to pending to send it anyway)"
+INTERRUPTED = f"the run stopped while this email was being handed to the SMTP server: {NOT_SENT_AGAIN}"
 
 
 def _claim(engine: sa.Engine, message_id: str) -> bool:

@@ -45,6 +45,12 @@ def _smtp_env(port: int) -> dict[str, str]:
                   "QINGFENG_SMTP_SECURITY": "none"}
 
 
+def _smtp_to(monkeypatch, port: int) -> None:
+    for k, v in _smtp_env(port).items():
+        if k.startswith("QINGFENG_SMTP_"):
+            monkeypatch.setenv(k, v)
+
+
 def test_sigkill_mid_send_never_sends_that_email_twice(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'state.sqlite'}"
     StateStore(url).dispose()
@@ -68,9 +74,7 @@ def test_sigkill_mid_send_never_sends_that_email_twice(tmp_path, monkeypatch):
     assert statuses.get("sending") == 1  # claimed before the SMTP conversation, never confirmed
 
     port2 = free_port()
-    for k, v in _smtp_env(port2).items():
-        if k.startswith("QINGFENG_SMTP_"):
-            monkeypatch.setenv(k, v)
+    _smtp_to(monkeypatch, port2)
     with Server(port2, Inbox()) as server:
         _, summary = night(engine)
     resent = [m["Message-ID"] for _, m in server.inbox.messages()]
@@ -99,9 +103,7 @@ def test_two_runs_delivering_at_once_send_each_email_once(tmp_path, monkeypatch)
     url = f"sqlite:///{tmp_path / 'state.sqlite'}"
     engine = StateStore(url).engine
     port = free_port()
-    for k, v in _smtp_env(port).items():
-        if k.startswith("QINGFENG_SMTP_"):
-            monkeypatch.setenv(k, v)
+    _smtp_to(monkeypatch, port)
     # raise tonight's alerts without a server: all pending
     monkeypatch.setenv("QINGFENG_SMTP_PORT", str(free_port()))
     night(engine)
@@ -142,12 +144,6 @@ def state_engine(tmp_path):
     store = StateStore(f"sqlite:///{tmp_path / 'state.sqlite'}")
     yield store.engine
     store.dispose()
-
-
-def _smtp_to(monkeypatch, port: int) -> None:
-    for k, v in _smtp_env(port).items():
-        if k.startswith("QINGFENG_SMTP_"):
-            monkeypatch.setenv(k, v)
 
 
 def test_connection_dropped_after_the_message_is_unconfirmed_not_resent(state_engine, monkeypatch):
