@@ -98,7 +98,7 @@ def _rows(outcome: steps.SourceOutcome, stage: str) -> str:
     return f"{sum(r.rows_out for r in outcome.records if r.stage == stage)} rows"
 
 
-def land_stage(extracted: tuple[steps.SourceOutcome, Pulled | None] | BaseException, source: Source,
+def _land_and_report(extracted: tuple[steps.SourceOutcome, Pulled | None] | BaseException, source: Source,
               warehouse: str, run_id: str, settings: steps.RunSettings | None = None):
     if isinstance(extracted, BaseException):  # the extract task failed for good (retries, timeout)
         attempts = getattr(extracted, "attempts", (settings.extract_retries + 1) if settings else 1)
@@ -115,7 +115,7 @@ def land_stage(extracted: tuple[steps.SourceOutcome, Pulled | None] | BaseExcept
     return outcome, pulled
 
 
-def normalize_stage(
+def _normalize_and_report(
     landed: tuple[steps.SourceOutcome, Pulled | None], source: Source, warehouse: str, state_url: str,
     as_of: date, run_id: str,
 ) -> steps.SourceOutcome:
@@ -154,8 +154,8 @@ def source_task(source: Source, warehouse: str, state_url: str, as_of: date, run
         extracted = extract(source, state_url, as_of, settings)
     except Exception as e:  # noqa: BLE001 — retries spent or timed out: the source's failure, not the night's
         extracted = e
-    landed = land_stage(extracted, source, warehouse, run_id, settings)
-    return normalize_stage(landed, source, warehouse, state_url, as_of, run_id)
+    landed = _land_and_report(extracted, source, warehouse, run_id, settings)
+    return _normalize_and_report(landed, source, warehouse, state_url, as_of, run_id)
 
 
 @task(name="rules-and-marts", cache_policy=NO_CACHE)
