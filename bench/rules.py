@@ -59,13 +59,12 @@ def main() -> None:
     from expectations.settings import rule_params
     from flows.registry import load_registry
     from flows.steps import load_silver
-    from transforms.references import resolve_references
     from warehouse.layout import Layout
 
     sampler = PeakSampler()
     t0 = time.perf_counter()
     registry = load_registry(args.sources)
-    silver = resolve_references(load_silver(Layout(args.warehouse), [s.id for s in registry.sources]))
+    silver = load_silver(Layout(args.warehouse), [s.id for s in registry.sources])
     rows = {k: v.height for k, v in silver.items()}
     print(f"silver read in {time.perf_counter() - t0:.1f} s, process at {rss_mib():.0f} MiB: "
           + ", ".join(f"{k} {n:,}" for k, n in rows.items()))

@@ -309,12 +309,31 @@ def process_source(
 # --------------------------------------------------------------------------------------------------
 
 
-def load_silver(layout: Layout, source_ids: list[str]) -> dict[str, pl.DataFrame]:
-    out = {}
-    for table in (*TABLES, "metrics"):
-        files = [p for sid in source_ids if (p := layout.silver_file(table, sid)).exists()]
-        out[table] = pl.read_parquet(files) if files else empty(table)
-    return out
+# Free text that no rule, mart or alert reads: it stays in silver (analysts, spot checks), but the
+# cross-source stage does not hold it for the whole city (a file name is ~40 bytes an evidence row).
+NOT_READ_ACROSS_SOURCES: dict[str, tuple[str, ...]] = {"evidence": ("file_name",)}
+
+
+def load_silver(layout: Layout, source_ids: list[str], *, resolve: bool = True) -> dict[str, pl.DataFrame]:
+    """Every source's silver, one frame per table, without the columns in `NOT_READ_ACROSS_SOURCES`.
+
+    References are resolved (`resolve_references`) as each source is read: they never cross sources, and
+    resolving the whole city at once would hold it twice (before and after the joins)."""
+    tables = (*TABLES, "metrics")
+    parts: dict[str, list[pl.DataFrame]] = {t: [] for t in tables}
+    for sid in source_ids:
+        one = {}
+        for table in tables:
+            path = layout.silver_file(table, sid)
+            if path.exists():
+                skip = NOT_READ_ACROSS_SOURCES.get(table, ())
+                one[table] = pl.read_parquet(path, columns=[c for c in pl.read_parquet_schema(path) if c not in skip])
+        for table, frame in (resolve_references(one) if resolve else one).items():
+            parts[table].append(frame)
+    return {
+        t: pl.concat(frames) if frames else empty(t).drop(NOT_READ_ACROSS_SOURCES.get(t, ()))
+        for t, frames in parts.items()
+    }
 
 
 def freshness(silver: dict[str, pl.DataFrame], registry: Registry, outcomes: dict[str, SourceOutcome]) -> pl.DataFrame:
@@ -366,7 +385,7 @@ def evaluate(
 ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
     """Silver across sources with references resolved, and every flag of tonight's rules. With
     `docs_dir`, the Great Expectations Data Docs of every suite run go there."""
-    silver = resolve_references(load_silver(layout, [s.id for s in registry.sources]))
+    silver = load_silver(layout, [s.id for s in registry.sources])
     problems = pl.DataFrame(
         [{"source_id": sid, **p} for sid, o in outcomes.items() for p in o.contract_problems],
         schema={"source_id": pl.String, "table": pl.String, "problem": pl.String},
