@@ -56,25 +56,38 @@ PARAMS: dict[str, Param] = {
 }
 
 
+# Groups of "the same content" are keyed by integers, not strings (a city has millions of evidence rows):
+# a photo's group is its 64-bit perceptual hash, a file's group the first 120 bits of its SHA-256 (a
+# collision among a billion files has odds below 10⁻¹⁸) with bit 120 set, so the two never meet.
+_SHA_GROUP = 1 << 120
+
+
 def _rows(ctx: RuleContext) -> pl.DataFrame:
     ev = ctx.table("evidence")
     reports = ctx.table("stage_reports").select("source_id", "report_id", "project_id").unique(
         subset=["source_id", "report_id"], keep="first")
     projects = ctx.table("projects").select("source_id", "project_id", "unit_code").unique(
         subset=["source_id", "project_id"], keep="first")
+    sha = pl.col("sha256").str.strip_chars().str.to_lowercase()
     return (
-        ev.select("source_id", "evidence_id", "report_id", "kind", "sha256", "phash", "uploaded_at")
-        .join(reports, on=["source_id", "report_id"], how="inner")
+        ev.lazy()
+        .select("source_id", "evidence_id", "report_id", "kind", "sha256", "phash", "uploaded_at")
+        .join(reports.lazy(), on=["source_id", "report_id"], how="inner")
         .filter(pl.col("project_id").is_not_null() & pl.col("uploaded_at").is_not_null())
-        .join(projects, on=["source_id", "project_id"], how="left")
+        .join(projects.lazy(), on=["source_id", "project_id"], how="left")
         .with_row_index("row")
-        .with_columns(
-            pl.concat_str("source_id", pl.lit("\x1f"), "project_id").alias("project"),
-            pl.concat_str("source_id", pl.lit("\x1f"), pl.col("unit_code").fill_null("?")).alias("unit"),
+        .select(
+            "row", "source_id", "evidence_id", "report_id", "project_id", "kind", "uploaded_at",
+            # projects and units are only compared for equality: a 64-bit hash of (source, id) will do
+            pl.struct("source_id", "project_id").hash().alias("project"),
+            pl.struct("source_id", pl.col("unit_code").fill_null("?")).hash().alias("unit"),
             pl.col("uploaded_at").alias("t"),
-            pl.col("sha256").str.strip_chars().str.to_lowercase().alias("_sha"),
+            pl.when(sha.str.contains(r"^[0-9a-f]{64}$"))
+            .then(sha.str.slice(0, 30).str.to_integer(base=16, dtype=pl.Int128) + pl.lit(_SHA_GROUP, pl.Int128))
+            .alias("_sha_grp"),
             parse_phash(pl.col("phash")).alias("_ph"),
         )
+        .collect()
     )
 
 
@@ -83,14 +96,13 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     if base.is_empty():
         return pl.DataFrame()
     lo, hi = params["min_phash_bits"], 64 - params["min_phash_bits"]
-    by_sha = base.filter(
-        pl.col("kind").is_in(params["sha_kinds"]) & pl.col("_sha").str.contains(r"^[0-9a-f]{64}$")
-    ).select("row", "project", "unit", "t", pl.concat_str(pl.lit("s:"), "_sha").alias("grp"))
+    by_sha = base.filter(pl.col("kind").is_in(params["sha_kinds"]) & pl.col("_sha_grp").is_not_null()).select(
+        "row", "project", "unit", "t", pl.col("_sha_grp").alias("grp"))
     by_ph = base.filter(
         pl.col("kind").is_in(params["phash_kinds"]) & pl.col("_ph").is_not_null()
         & pl.col("_ph").bitwise_count_ones().is_between(lo, hi)
-    ).select("row", "project", "unit", "t", pl.concat_str(pl.lit("p:"), pl.col("_ph").cast(pl.String)).alias("grp"),
-             "_ph")
+    ).select("row", "project", "unit", "t", pl.col("_ph").cast(pl.Int128).alias("grp"), "_ph")
+    base = base.drop("_sha_grp", "_ph", "project", "unit", "t")
     keyed = pl.concat([by_sha, by_ph.drop("_ph")])
     summary = group_summary(keyed)
     broadcast = summary.filter(
@@ -102,13 +114,14 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     values = (
         by_ph.join(broadcast, on="grp", how="anti").select("grp", "_ph").unique(subset=["grp"]).sort("grp")
     )
+    del by_sha, by_ph
     i, j, d = near_pairs(values["_ph"].to_numpy(), params["max_hamming"], params["max_bucket"])
-    g = values["grp"].to_numpy()
-    near = pl.DataFrame({"grp": np.r_[g[i], g[j]], "grp2": np.r_[g[j], g[i]], "dist": np.r_[d, d]},
-                        schema={"grp": pl.String, "grp2": pl.String, "dist": pl.Int64})
+    g = values["grp"]
+    near = pl.DataFrame({"grp": pl.concat([g.gather(i), g.gather(j)]), "grp2": pl.concat([g.gather(j), g.gather(i)]),
+                         "dist": np.r_[d, d]}, schema={"grp": pl.Int128, "grp2": pl.Int128, "dist": pl.Int64})
     self_links = summary.select("grp", pl.col("grp").alias("grp2"), pl.lit(0, pl.Int64).alias("dist"))
     links = pl.concat([self_links, near]).with_columns(
-        pl.when(pl.col("grp2").str.starts_with("s:")).then(pl.lit("sha256")).otherwise(pl.lit("phash")).alias("via")
+        pl.when(pl.col("grp2") >= _SHA_GROUP).then(pl.lit("sha256")).otherwise(pl.lit("phash")).alias("via")
     )
     # Judged: rows whose content (itself or a near photo) reaches at least two projects.
     cand = pl.concat([summary.filter(pl.col("n_projects") >= 2).select("grp"), near.select("grp")]).unique()

@@ -79,7 +79,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     reports = (
         ctx.table("stage_reports")
         .filter(pl.col("project_id").is_not_null() & pl.col("summary").is_not_null())
-        .select("source_id", "report_id", "project_id", "submitted_at", normalize_text("summary").str.slice(0, params["max_chars"]).alias("_text"))
+        .select("source_id", "report_id", "project_id", "submitted_at", "summary")
         .unique(subset=["source_id", "report_id"], keep="first")
         .sort("submitted_at", "source_id", "report_id", nulls_last=True)
         .with_row_index("doc")
@@ -88,11 +88,18 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     if n < 2:
         return pl.DataFrame()
     k = params["shingle_k"]
-    texts = reports["_text"]
+    summaries = reports["summary"]
+    reports = reports.drop("summary")
+    max_chars = params["max_chars"]
+
+    def texts(docs: slice | np.ndarray) -> pl.Series:
+        """The cleaned text of these reports, made when needed: the city's summaries are not copied."""
+        part = summaries.slice(docs.start, docs.stop - docs.start) if isinstance(docs, slice) else summaries.gather(docs)
+        return part.to_frame().select(normalize_text("summary").str.slice(0, max_chars)).to_series()
 
     rng = np.random.default_rng(20261129)
     sample = np.sort(rng.choice(n, min(n, params["df_sample_docs"]), replace=False))
-    sd, sh = shingle_hashes(texts.gather(sample), k)
+    sd, sh = shingle_hashes(texts(sample), k)
     stop = boilerplate_shingles(sd, sh, len(sample), params["max_df_share"], params["min_df_docs"])
 
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
@@ -100,7 +107,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     live = np.zeros(n, dtype=bool)
     for lo in range(0, n, params["chunk_docs"]):
         hi = min(n, lo + params["chunk_docs"])
-        d, h = drop_shingles(*shingle_hashes(texts.slice(lo, hi - lo), k), stop)
+        d, h = drop_shingles(*shingle_hashes(texts(slice(lo, hi)), k), stop)
         # specific shingles a report (occurrences: a 5-gram rarely repeats within one summary)
         ok = np.bincount(d, minlength=hi - lo) >= params["min_shingles"]
         sel = ok[d] if len(d) else np.zeros(0, dtype=bool)
@@ -113,7 +120,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         return pl.DataFrame()
     project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").alias("p"))["p"].to_numpy()
     docs = np.unique(np.r_[i, j])
-    d, h = drop_shingles(*shingle_hashes(texts.gather(docs), k), stop)
+    d, h = drop_shingles(*shingle_hashes(texts(docs), k), stop)
     jac = jaccard_pairs(docs[d], h, i, j)
     n_sh = pl.DataFrame({"doc": docs[d], "h": h}).unique().group_by("doc").len()
 
