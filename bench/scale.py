@@ -15,6 +15,11 @@ process so wall time and peak memory (RSS) are the process's own:
 It prints wall seconds, peak RSS, source rows per second, the per-stage seconds of (a) from the run
 records, and the ratios a/c, b/a and d/a.
 
+(a) and (b) run as a scheduled night does (`--prefect served`, the default): against a Prefect server
+that is already up, as `qingfeng serve` keeps one; the benchmark starts it once, before measuring.
+`--prefect temporary` measures `qingfeng run` alone, which starts Prefect's temporary server each time
+(5–11 s here).
+
     .venv/bin/python bench/scale.py --sizes 100 1000 5000
     .venv/bin/python bench/scale.py --sources 3 --sizes 10        # a smoke run
 """
@@ -30,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -148,7 +154,8 @@ def stage_seconds(warehouse: Path) -> dict[str, float]:
     return out
 
 
-def bench_size(tmp: Path, sources: int, projects: int, workers: int, baseline: bool = False) -> dict:
+def bench_size(tmp: Path, sources: int, projects: int, workers: int, baseline: bool = False,
+               night_env: dict | None = None) -> dict:
     city, wh = tmp / f"city{projects}", tmp / f"wh{projects}"
     t0 = time.perf_counter()
     subprocess.run([*QINGFENG, "simulate", "--out", str(city), "--sources", str(sources), "--projects-per-source",
@@ -160,7 +167,7 @@ def bench_size(tmp: Path, sources: int, projects: int, workers: int, baseline: b
            "--max-workers", str(workers)]
     floor = measure([sys.executable, "-c", FLOOR_SCRIPT, str(city / "sources.toml"), str(tmp / f"floor{projects}"),
                      str(ROOT)])
-    full = measure([*run, "--as-of", AS_OF.isoformat()])
+    full = measure([*run, "--as-of", AS_OF.isoformat()], night_env)
     stages = stage_seconds(wh)
     # (d) reads the same first-night city as (a), before the 1% change below
     pandas_gx = measure([sys.executable, str(ROOT / "bench" / "baseline_pandas_gx.py"), "--sources",
@@ -168,7 +175,7 @@ def bench_size(tmp: Path, sources: int, projects: int, workers: int, baseline: b
                          "--as-of", AS_OF.isoformat()]) if baseline else None
     night2 = AS_OF + timedelta(days=1)
     change_one_percent(city, night2)
-    incr = measure([*run, "--as-of", night2.isoformat()])
+    incr = measure([*run, "--as-of", night2.isoformat()], night_env)
     out = {"sources": sources, "projects_per_source": projects, "source_rows": rows, "simulate_s": simulate_s,
            "full": full, "incremental": incr, "floor": floor, "full_stages_s": stages}
     if pandas_gx is not None:
@@ -184,12 +191,24 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures as JSON here")
     ap.add_argument("--baseline", choices=("smallest", "all", "none"), default="smallest",
                     help="at which sizes to measure (d), the pandas + Great Expectations baseline")
+    ap.add_argument("--prefect", choices=("served", "temporary"), default="served",
+                    help="nights against a Prefect server already up (as scheduled), or `qingfeng run`'s "
+                         "temporary server started by each night")
     args = ap.parse_args()
     results = []
-    with tempfile.TemporaryDirectory(prefix="qingfeng-scale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="qingfeng-scale-") as tmp, ExitStack() as stack:
+        night_env = None
+        if args.prefect == "served":
+            from flows.serve import start_local_server
+
+            server = start_local_server(home=Path(tmp) / "prefect")
+            stack.callback(server.stop)
+            night_env = {"PREFECT_API_URL": server.api_url}
+        print(f"Prefect: {args.prefect}" + (f" ({night_env['PREFECT_API_URL']})" if night_env else ""))
         for n in args.sizes:
             baseline = args.baseline == "all" or (args.baseline == "smallest" and n == min(args.sizes))
-            r = bench_size(Path(tmp), args.sources, n, args.max_workers, baseline=baseline)
+            r = bench_size(Path(tmp), args.sources, n, args.max_workers, baseline=baseline, night_env=night_env)
+            r["prefect"] = args.prefect
             results.append(r)
             a, b, c, d = r["full"], r["incremental"], r["floor"], r.get("pandas_gx")
             print(f"\n{args.sources} sources × {n} projects: {r['source_rows']:,} source rows "

@@ -21,7 +21,7 @@ def test_scale_bench_smoke(tmp_path):
     assert "a/c =" in proc.stdout and "b/a =" in proc.stdout and "d/a =" in proc.stdout
     assert "(d) pandas+GX" in proc.stdout
     (result,) = json.loads(out.read_text(encoding="utf-8"))
-    assert result["source_rows"] > 0
+    assert result["source_rows"] > 0 and result["prefect"] == "served"
     for run in ("full", "incremental", "floor", "pandas_gx"):
         assert result[run]["seconds"] > 0 and result[run]["peak_mib"] > 0
     assert {"extract", "normalize", "rules", "marts"} <= set(result["full_stages_s"])
