@@ -162,15 +162,27 @@ def reports_as_of(ctx: MartInputs) -> pl.DataFrame:
     return r.filter(local_date("submitted_at") <= pl.lit(ctx.as_of, dtype=pl.Date()))
 
 
-def entity_projects(ctx: MartInputs) -> pl.DataFrame:
+def entity_projects(ctx: MartInputs, only: pl.DataFrame | None = None) -> pl.DataFrame:
     """source_id, entity_type, entity_id -> project_id for projects, milestones, stage reports and evidence
-    (evidence -> report -> project), within one source. One row per entity."""
-    pj = ctx.table("projects").select("source_id", entity_id=pl.col("project_id"), project_id=pl.col("project_id"))
-    ms = ctx.table("milestones").select("source_id", pl.col("milestone_id").alias("entity_id"), "project_id")
+    (evidence -> report -> project), within one source. One row per entity.
+
+    With `only` (source_id, entity_type, entity_id: the flags), just the entities it names: a city has
+    millions of evidence items and a night some thousands of flags."""
+
+    def named(frame: pl.DataFrame, entity_type: str, id_column: str) -> pl.DataFrame:
+        if only is None:
+            return frame
+        wanted = only.filter(pl.col("entity_type") == entity_type).select(
+            "source_id", pl.col("entity_id").alias(id_column)).unique()
+        return frame.join(wanted, on=["source_id", id_column], how="semi")
+
+    pj = named(ctx.table("projects").select("source_id", "project_id"), "project", "project_id").select(
+        "source_id", entity_id=pl.col("project_id"), project_id=pl.col("project_id"))
+    ms = named(ctx.table("milestones").select("source_id", "milestone_id", "project_id"), "milestone",
+               "milestone_id").select("source_id", pl.col("milestone_id").alias("entity_id"), "project_id")
     rp = ctx.table("stage_reports").select("source_id", "report_id", "project_id")
     ev = (
-        ctx.table("evidence")
-        .select("source_id", "evidence_id", "report_id")
+        named(ctx.table("evidence").select("source_id", "evidence_id", "report_id"), "evidence", "evidence_id")
         .join(rp, on=["source_id", "report_id"], how="inner")
         .select("source_id", pl.col("evidence_id").alias("entity_id"), "project_id")
     )
@@ -179,9 +191,9 @@ def entity_projects(ctx: MartInputs) -> pl.DataFrame:
             [
                 pj.with_columns(entity_type=pl.lit("project")),
                 ms.with_columns(entity_type=pl.lit("milestone")),
-                rp.select("source_id", pl.col("report_id").alias("entity_id"), "project_id").with_columns(
-                    entity_type=pl.lit("report")
-                ),
+                named(rp, "report", "report_id").select(
+                    "source_id", pl.col("report_id").alias("entity_id"), "project_id"
+                ).with_columns(entity_type=pl.lit("report")),
                 ev.with_columns(entity_type=pl.lit("evidence")),
             ],
             how="diagonal",
@@ -202,7 +214,7 @@ def project_flags(ctx: MartInputs) -> pl.DataFrame:
     evidence items. Only projects with at least one such flag appear.
     """
     flags = ctx.flag_frame()
-    both = flags.join(entity_projects(ctx), on=["source_id", "entity_type", "entity_id"], how="inner")
+    both = flags.join(entity_projects(ctx, only=flags), on=["source_id", "entity_type", "entity_id"], how="inner")
     cols = ("source_id", "project_id", "family", "rule_id", "severity")
     both = both.select(cols)
     fam = pl.col("family")

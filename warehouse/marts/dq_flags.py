@@ -43,12 +43,11 @@ KEYS: tuple[str, ...] = ("source_id", "rule_id", "entity_type", "entity_id", "de
 
 def build(ctx: MartInputs) -> pl.DataFrame:
     titles = {r.rule_id: r.title_zh for r in RULES.values()}
+    flags = ctx.flag_frame().unique(maintain_order=True)
     df = (
-        ctx.flag_frame()
-        .unique(maintain_order=True)
-        .with_columns(
+        flags.with_columns(
             rule_title=pl.col("rule_id").replace_strict(titles, default=None, return_dtype=pl.String)
         )
-        .join(entity_projects(ctx), on=["source_id", "entity_type", "entity_id"], how="left")
+        .join(entity_projects(ctx, only=flags), on=["source_id", "entity_type", "entity_id"], how="left")
     )
     return conform(with_as_of(df, ctx.as_of), COLUMNS, KEYS)
