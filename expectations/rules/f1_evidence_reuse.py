@@ -62,48 +62,74 @@ PARAMS: dict[str, Param] = {
 _SHA_GROUP = 1 << 120
 
 
-def _rows(ctx: RuleContext) -> pl.DataFrame:
-    ev = ctx.table("evidence")
+def _rows(ctx: RuleContext, params: dict) -> pl.DataFrame:
+    """One narrow row per judged evidence item: `row` (its position in the evidence table), project and
+    unit (hashes), upload time `t`, and its content keys: `sha_grp` (null unless its kind is judged by
+    sha256 and it has a well-formed one) and `ph` (null unless judged by phash and not degenerate).
+    Ids are looked up again only for the rows that end up flagged (`_identify`)."""
     reports = ctx.table("stage_reports").select("source_id", "report_id", "project_id").unique(
         subset=["source_id", "report_id"], keep="first")
     projects = ctx.table("projects").select("source_id", "project_id", "unit_code").unique(
         subset=["source_id", "project_id"], keep="first")
     sha = pl.col("sha256").str.strip_chars().str.to_lowercase()
-    return (
-        ev.lazy()
-        .select("source_id", "evidence_id", "report_id", "kind", "sha256", "phash", "uploaded_at")
-        .join(reports.lazy(), on=["source_id", "report_id"], how="inner")
-        .filter(pl.col("project_id").is_not_null() & pl.col("uploaded_at").is_not_null())
-        .join(projects.lazy(), on=["source_id", "project_id"], how="left")
+    ph = parse_phash(pl.col("phash"))
+    lo, hi = params["min_phash_bits"], 64 - params["min_phash_bits"]
+    # The content keys are computed before the joins (which then carry integers, not 64-character hex
+    # strings), and in morsels (the streaming engine) rather than column by column over the whole city.
+    keys = (
+        ctx.table("evidence").lazy()
         .with_row_index("row")
+        .filter(pl.col("uploaded_at").is_not_null())
         .select(
-            "row", "source_id", "evidence_id", "report_id", "project_id", "kind", "uploaded_at",
+            "row", "source_id", "report_id", pl.col("uploaded_at").alias("t"),
+            pl.when(pl.col("kind").is_in(params["sha_kinds"]) & sha.str.contains(r"^[0-9a-f]{64}$"))
+            .then(sha.str.slice(0, 30).str.to_integer(base=16, dtype=pl.Int128) + pl.lit(_SHA_GROUP, pl.Int128))
+            .alias("sha_grp"),
+            pl.when(pl.col("kind").is_in(params["phash_kinds"]) & ph.bitwise_count_ones().is_between(lo, hi))
+            .then(ph).alias("ph"),
+        )
+        .filter(pl.col("sha_grp").is_not_null() | pl.col("ph").is_not_null())
+        .collect(engine="streaming")
+    )
+    return (
+        keys.lazy()
+        .join(reports.lazy(), on=["source_id", "report_id"], how="inner", maintain_order="left")
+        .filter(pl.col("project_id").is_not_null())
+        .join(projects.lazy(), on=["source_id", "project_id"], how="left", maintain_order="left")
+        .select(
+            "row",
             # projects and units are only compared for equality: a 64-bit hash of (source, id) will do
             pl.struct("source_id", "project_id").hash().alias("project"),
             pl.struct("source_id", pl.col("unit_code").fill_null("?")).hash().alias("unit"),
-            pl.col("uploaded_at").alias("t"),
-            pl.when(sha.str.contains(r"^[0-9a-f]{64}$"))
-            .then(sha.str.slice(0, 30).str.to_integer(base=16, dtype=pl.Int128) + pl.lit(_SHA_GROUP, pl.Int128))
-            .alias("_sha_grp"),
-            parse_phash(pl.col("phash")).alias("_ph"),
+            "t", "sha_grp", "ph",
         )
         .collect()
     )
 
 
+def _identify(ctx: RuleContext, rows: pl.Series) -> pl.DataFrame:
+    """row (positions in the evidence table) → row, source_id, evidence_id, report_id, project_id, kind,
+    uploaded_at."""
+    reports = ctx.table("stage_reports").select("source_id", "report_id", "project_id").unique(
+        subset=["source_id", "report_id"], keep="first")
+    picked = rows.unique().sort()
+    return (
+        ctx.table("evidence").select("source_id", "evidence_id", "report_id", "kind", "uploaded_at")[picked]
+        .with_columns(picked.alias("row"))
+        .join(reports, on=["source_id", "report_id"], how="left")
+    )
+
+
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
-    base = _rows(ctx)
+    base = _rows(ctx, params)
     if base.is_empty():
         return pl.DataFrame()
-    lo, hi = params["min_phash_bits"], 64 - params["min_phash_bits"]
-    by_sha = base.filter(pl.col("kind").is_in(params["sha_kinds"]) & pl.col("_sha_grp").is_not_null()).select(
-        "row", "project", "unit", "t", pl.col("_sha_grp").alias("grp"))
-    by_ph = base.filter(
-        pl.col("kind").is_in(params["phash_kinds"]) & pl.col("_ph").is_not_null()
-        & pl.col("_ph").bitwise_count_ones().is_between(lo, hi)
-    ).select("row", "project", "unit", "t", pl.col("_ph").cast(pl.Int128).alias("grp"), "_ph")
-    base = base.drop("_sha_grp", "_ph", "project", "unit", "t")
-    keyed = pl.concat([by_sha, by_ph.drop("_ph")])
+    by_sha = base.filter(pl.col("sha_grp").is_not_null()).select("row", "project", "unit", "t",
+                                                                  pl.col("sha_grp").alias("grp"))
+    by_ph = base.filter(pl.col("ph").is_not_null()).select("row", "project", "unit", "t",
+                                                            pl.col("ph").cast(pl.Int128).alias("grp"), "ph")
+    del base
+    keyed = pl.concat([by_sha, by_ph.drop("ph")])
     summary = group_summary(keyed)
     broadcast = summary.filter(
         (pl.col("n_projects") >= params["broadcast_min_projects"]) & (pl.col("n_units") >= params["broadcast_min_units"])
@@ -111,11 +137,9 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     summary = summary.join(broadcast, on="grp", how="anti")
 
     # Near-identical photos: distinct phash values within max_hamming bits.
-    values = (
-        by_ph.join(broadcast, on="grp", how="anti").select("grp", "_ph").unique(subset=["grp"]).sort("grp")
-    )
+    values = by_ph.join(broadcast, on="grp", how="anti").select("grp", "ph").unique(subset=["grp"]).sort("grp")
     del by_sha, by_ph
-    i, j, d = near_pairs(values["_ph"].to_numpy(), params["max_hamming"], params["max_bucket"])
+    i, j, d = near_pairs(values["ph"].to_numpy(), params["max_hamming"], params["max_bucket"])
     g = values["grp"]
     near = pl.DataFrame({"grp": pl.concat([g.gather(i), g.gather(j)]), "grp2": pl.concat([g.gather(j), g.gather(i)]),
                          "dist": np.r_[d, d]}, schema={"grp": pl.Int128, "grp2": pl.Int128, "dist": pl.Int64})
@@ -132,19 +156,20 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         .filter(pl.col("content_projects") >= 2)
     )
     rows = keyed.join(reach, on="grp", how="inner")
+    del keyed
     if rows.is_empty():
         return pl.DataFrame()
     orig = earliest_other_project(rows, links, summary)
     judged = rows.group_by("row").agg(pl.col("content_projects").max())
+    ids = _identify(ctx, pl.concat([judged["row"], orig["orig_row"]]))
     out = (
         judged.join(orig, on="row", how="left")
-        .join(base.select("row", "source_id", "evidence_id", "report_id", "project_id", "kind", "uploaded_at"),
-              on="row")
-        .join(base.select(pl.col("row").alias("orig_row"), pl.col("source_id").alias("original_source_id"),
-                          pl.col("evidence_id").alias("original_evidence_id"),
-                          pl.col("report_id").alias("original_report_id"),
-                          pl.col("project_id").alias("original_project_id"),
-                          pl.col("uploaded_at").alias("original_uploaded_at")),
+        .join(ids.select("row", "source_id", "evidence_id", "report_id", "project_id", "kind", "uploaded_at"), on="row")
+        .join(ids.select(pl.col("row").alias("orig_row"), pl.col("source_id").alias("original_source_id"),
+                         pl.col("evidence_id").alias("original_evidence_id"),
+                         pl.col("report_id").alias("original_report_id"),
+                         pl.col("project_id").alias("original_project_id"),
+                         pl.col("uploaded_at").alias("original_uploaded_at")),
               on="orig_row", how="left")
         .rename({"dist": "hamming_to_original", "via": "match"})
         .drop("orig_row", "orig_t", "row")
