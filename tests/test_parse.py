@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 import pytest
+from polars.testing import assert_series_equal
 
 from transforms import parse as P
 from transforms.metrics import parse_metrics
@@ -83,6 +84,38 @@ def test_prepared_timestamp_matches_direct():
     assert staged.to_series().to_list() == [e for _, e in TIMESTAMPS]
 
 
+# Canonical spellings (read by `timestamp_fast`) mixed with values it leaves to the general path, including
+# canonical-looking ones it must not get wrong: impossible dates, a DST gap, a summer-time `+08:00`
+# instant, a leap second, other offsets.
+MIXED_TIMESTAMPS = [
+    "2026-11-28T10:00:00+08:00", "2026-11-28 10:00:00", "2026-11-28", "2019/4/25 7:59", "２０１９－０４－２５",
+    "2019-02-30", "2019-02-30 10:00:00", "2019-04-31T07:00:00+08:00", "1991-04-14 02:30:00",
+    "1988-07-01T12:00:00+08:00", "1988-07-01 12:00:00", "1990-09-16 01:30:00", "2019-04-25 23:59:60",
+    "2026-04-25T07:59:27+09:00", "2026-04-25T07:59:27Z", "2026-04-25 07:59:27+08:00", " 2026-04-25 07:59:27",
+    "2026-04-25 07:59:27.5", "0000-01-01T00:00:00+08:00", "9999-12-31 23:59:59", "2026-04-25t07:59:27+08:00",
+    "", None, "NULL",
+]
+
+
+def _series(fn, values, **kw) -> pl.Series:
+    # a Series, not a list: year 0 (`0000-01-01…`) has no Python datetime
+    return pl.DataFrame({"v": values}, schema={"v": pl.String}).select(fn(pl.col("v"), **kw)).to_series()
+
+
+@pytest.mark.parametrize("fn", [P.timestamp, P.date])
+def test_timestamp_fast_path_equals_general_path(fn):
+    # the general path only (prepared, no fast path): what every row got before the fast path
+    expected = _series(lambda v: fn(P.timestamp_text(v), prepared=True), MIXED_TIMESTAMPS)
+    assert_series_equal(_series(fn, MIXED_TIMESTAMPS), expected)
+    # staged as the normalizer does: fast path, then the text of the rows it left null
+    df = pl.DataFrame({"v": MIXED_TIMESTAMPS}).with_columns(f=P.timestamp_fast(pl.col("v")))
+    df = df.with_columns(s=P.timestamp_text(pl.when(pl.col("f").is_null()).then(pl.col("v"))))
+    assert_series_equal(df.select(fn(pl.col("s"), prepared=True, fast=pl.col("f"))).to_series(), expected, check_names=False)
+    fast = _series(P.timestamp_fast, MIXED_TIMESTAMPS)
+    assert fast.is_not_null().sum() == 8  # the canonical ones (not 2019-02-30, the DST gap, …)
+    assert apply(P.timestamp, ["1988-07-01T12:00:00+08:00"]) == [datetime(1988, 7, 1, 13, tzinfo=SH)]  # summer time
+
+
 # ------------------------------------------------------------------------------------------------ ids, text
 
 
@@ -146,6 +179,20 @@ def test_size_bytes_units():
     assert got == [2048.0, 2048.0, 2048.0, 2048.0, 1572864.0, float(1024**3), None, -1.0]
 
 
+def test_number_fast_path_equals_general_path():
+    values = ["2048", "007", "0", "12页", "1.5MB", "80%", "0.8", "-5", "+5", "1,234", "１２", "999999999999999",
+              "1" * 16, "9" * 400, " 12", "12 ", "", None, "—"]
+    df = pl.DataFrame({"v": values}, schema={"v": pl.String}).with_columns(f=P.number_fast(pl.col("v")))
+    df = df.with_columns(p=P.number_parts(pl.when(pl.col("f").is_null()).then(pl.col("v"))),
+                         general=P.number_parts(pl.col("v")))
+    for fn, kw in [(P.number, {}), (P.count, {}), (P.size_bytes, {}), (P.progress_pct, {"fractions": True}),
+                   (P.progress_pct, {"fractions": False})]:
+        expected = df.select(fn(pl.col("general"), prepared=True, **kw)).to_series().to_list()
+        assert apply(fn, values, **kw) == expected
+        staged = df.select(fn(pl.col("p"), prepared=True, fast=pl.col("f"), **kw)).to_series().to_list()
+        assert staged == expected
+
+
 # ------------------------------------------------------------------------------------------------ hashes
 
 
@@ -153,6 +200,23 @@ def test_hashes():
     h = "A" * 64
     assert apply(P.sha256, [h, " " + h.lower() + " ", "a" * 63, "g" * 64, ""]) == ["a" * 64, "a" * 64, None, None, None]
     assert apply(P.phash, ["0xFFEE00112233AABB", "ffee00112233aabb", "ffee"]) == ["ffee00112233aabb"] * 2 + [None]
+
+
+def test_hash_fast_path_mixed_with_cleanup():
+    clean = "ab" * 32
+    values = [clean, " " + clean, clean.upper(), "0x" + clean, "ａｂ" * 32, clean[:-1], clean + "0", "", None]
+    assert apply(P.sha256, values) == [clean, clean, clean, clean, clean, None, None, None, None]
+
+
+def test_fullwidth_false_skips_the_halfwidth_pass_only_when_there_is_none():
+    frame = pl.DataFrame({"a": ["XM001", "中文", None], "b": ["ＸＭ００１", "x", None], "c": ["１", None, None],
+                          "d": [None, None, None]}, schema={c: pl.String for c in "abcd"})
+    assert P.has_fullwidth(frame, ["a", "b", "c", "d"]) == {"a": False, "b": True, "c": True, "d": False}
+    values = [" XM001 ", "2019-04-25", "12页", "In Progress", "中文", "", None]
+    for fn in (P.clean_id, P.timestamp_text, P.number_parts, P.sha256, P.phash):
+        assert apply(fn, values, fullwidth=False) == apply(fn, values)
+    assert apply(P.enum, values, table="projects", column="status", fullwidth=False) == apply(
+        P.enum, values, table="projects", column="status")
 
 
 # ------------------------------------------------------------------------------------------------ enumerations

@@ -15,6 +15,11 @@ Staged parsers: `timestamp`/`date` and the number parsers take `prepared=True` t
 column (`timestamp_text(...)`, `number_parts(...)`) computed once. Polars does not reliably share a
 common sub-expression used several times inside one expression (the timestamp formats, the number's
 value and unit), and without staging a 1M-row table parses several times slower.
+
+Fast paths: most values already have one canonical spelling (`2019-04-25 07:59:27`, `2048`, 64 lower-case
+hex digits). `timestamp_fast`, `number_fast` and `hex_digest` read those with one cheap check and a single
+format, and only the other rows (the rest masked to null) go through the general rewrite chain. A fast
+path is exact by construction: where it gives a value, it is the value the general path gives.
 """
 
 from __future__ import annotations
@@ -44,7 +49,17 @@ WHITESPACE = (
 # Full-width ASCII forms (U+FF01..U+FF5E) and the ideographic space → ASCII: what NFKC does to them,
 # done with one Aho-Corasick pass (NFKC over a whole column is ~10x slower).
 FULLWIDTH: dict[str, str] = {chr(0xFF01 + i): chr(0x21 + i) for i in range(94)} | {"\u3000": " ", "\u2212": "-"}
-_FW_KEYS, _FW_VALUES = list(FULLWIDTH), list(FULLWIDTH.values())
+# Any character `to_halfwidth` changes (see `has_fullwidth`).
+FULLWIDTH_CHAR = "[" + "".join(FULLWIDTH) + "]"
+
+
+def _patterns(table: Mapping[str, str]) -> tuple[pl.Expr, pl.Expr]:
+    """`str.replace_many` arguments built once: built per call from Python lists they cost ~0.1 ms
+    each, hundreds of times per table (the same expression either way)."""
+    return pl.lit(list(table)), pl.lit(list(table.values()))
+
+
+_FW_PATTERNS = _patterns(FULLWIDTH)
 
 # In *typed* columns (dates, numbers, enumerations, hashes) these spellings mean "no value" and are
 # read as null (spreadsheets and MySQL dumps write them). Text and id columns keep them as written.
@@ -59,7 +74,23 @@ def trim(e: pl.Expr) -> pl.Expr:
 def to_halfwidth(e: pl.Expr) -> pl.Expr:
     """Full-width letters, digits and signs → ASCII (`ＸＭ００１` → `XM001`, `８５％` → `85%`, `－５` → `-5`);
     U+2212 minus → `-`. The part of NFKC that matters here, at Aho-Corasick speed."""
-    return e.str.replace_many(_FW_KEYS, _FW_VALUES)
+    return e.str.replace_many(*_FW_PATTERNS)
+
+
+def has_fullwidth(frame: pl.DataFrame, columns: Iterable[str]) -> dict[str, bool]:
+    """{column → some value holds a character `to_halfwidth` changes}, for String columns of `frame`.
+
+    The parsers below take `fullwidth=False` for a column without any: `to_halfwidth` is then the
+    identity and is skipped. (Its Aho-Corasick automaton is built at every evaluation, ~0.2 ms, most of
+    the cost of a small table's id and typed columns. The check is cheaper than the pass: a regex only
+    over the values that are not plain ASCII, usually none.)
+    """
+    columns = list(columns)
+    if not columns:
+        return {}
+    non_ascii = {c: pl.col(c).str.len_bytes() != pl.col(c).str.len_chars() for c in columns}
+    row = frame.select(pl.col(c).filter(non_ascii[c]).str.contains(FULLWIDTH_CHAR).any() for c in columns).row(0)
+    return {c: bool(v) for c, v in zip(columns, row, strict=True)}
 
 
 def empty_to_null(e: pl.Expr) -> pl.Expr:
@@ -76,10 +107,13 @@ def is_blank(e: pl.Expr) -> pl.Expr:
     return trim(e).is_in(_BLANKS).fill_null(True)
 
 
-def _typed_input(e: pl.Expr) -> pl.Expr:
+def _typed_input(e: pl.Expr, fullwidth: bool = True) -> pl.Expr:
     """Half-width and trimmed: the input of every typed parser. (Null tokens need no special case:
-    none of them parses as a date, number, enumeration or hash, so each parser returns null.)"""
-    return trim(to_halfwidth(e))
+    none of them parses as a date, number, enumeration or hash, so each parser returns null.)
+
+    `fullwidth=False` (here and in every parser that takes it): the caller knows the column holds no
+    full-width form (`has_fullwidth`), so the half-width pass is skipped; the result is the same."""
+    return trim(to_halfwidth(e) if fullwidth else e)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -87,13 +121,13 @@ def _typed_input(e: pl.Expr) -> pl.Expr:
 # --------------------------------------------------------------------------------------------------
 
 
-def clean_id(e: pl.Expr) -> pl.Expr:
+def clean_id(e: pl.Expr, *, fullwidth: bool = True) -> pl.Expr:
     """An id or reference: full-width → ASCII (`ＸＭ００１` → `XM001`), trimmed, case kept, '' → null.
 
     Ids are strings: `007` stays `007`. Case is kept in the stored value; deduplication compares
     `dedupe_key` (lower case).
     """
-    return empty_to_null(trim(to_halfwidth(e)))
+    return empty_to_null(_typed_input(e, fullwidth))
 
 
 def dedupe_key(clean: pl.Expr) -> pl.Expr:
@@ -124,6 +158,7 @@ HTML_ENTITIES: dict[str, str] = {
     "&copy;": "©",
     "&reg;": "®",
 }
+_HTML_PATTERNS = _patterns(HTML_ENTITIES)
 _NUMERIC_ENTITY = r"&#(?:[0-9]{1,7}|[xX][0-9a-fA-F]{1,6});"
 
 # Tags: script/style blocks with their content, comments, then any tag-looking `<name ...>`.
@@ -168,12 +203,12 @@ def clean_text(e: pl.Expr, entities: Mapping[str, str] | None = None) -> pl.Expr
     - NBSP → space; leading/trailing white space trimmed. Full-width punctuation is kept (it is
       Chinese text, no NFKC here).
     """
-    table = {**HTML_ENTITIES, **(entities or {})}
+    patterns = _patterns({**HTML_ENTITIES, **entities}) if entities else _HTML_PATTERNS
     s = (
         e.str.replace_all(_SCRIPT_STYLE, "")
         .str.replace_all(_BREAK_TAGS, "\n")
         .str.replace_all(_TAG, "")
-        .str.replace_many(list(table), list(table.values()), ascii_case_insensitive=True, leftmost=True)
+        .str.replace_many(*patterns, ascii_case_insensitive=True, leftmost=True)
         .str.replace_all(r"\r\n?", "\n")
         .str.replace_all(_CONTROL, "")
         .str.replace_all("\u00a0", " ", literal=True)
@@ -199,7 +234,7 @@ _DT_TOKENS: dict[str, str] = {
     " +": "+", "T": " ", "/": "-",
     "年": "-", "月": "-", "日": " ", "号": " ", "时": ":", "点": ":", "分": ":", "秒": "",
 }
-_DT_KEYS, _DT_VALUES = list(_DT_TOKENS), list(_DT_TOKENS.values())
+_DT_PATTERNS = _patterns(_DT_TOKENS)
 # Then regexes complete the shape to `Y-M-D H:M:S[.f][±hh:mm]`, so two chrono formats suffice.
 _SHAPES: tuple[tuple[str, str], ...] = (
     (r"^([0-9]{4})\.([0-9]{1,2})\.([0-9]{1,2})", "$1-$2-$3"),  # 2019.04.25 (a later `.` is a fraction)
@@ -211,16 +246,52 @@ _NAIVE_FORMATS = ("%Y-%m-%d %H:%M:%S%.f",)
 _OFFSET_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%#z",)
 
 
-def timestamp_text(e: pl.Expr) -> pl.Expr:
+def timestamp_text(e: pl.Expr, *, fullwidth: bool = True) -> pl.Expr:
     """Stage 1 of `timestamp`/`date`: the value rewritten into shapes the chrono formats read."""
-    s = _typed_input(e).str.replace_many(_DT_KEYS, _DT_VALUES, ascii_case_insensitive=True, leftmost=True)
+    s = _typed_input(e, fullwidth).str.replace_many(*_DT_PATTERNS, ascii_case_insensitive=True, leftmost=True)
     s = s.str.replace_all("  ", " ", literal=True).str.strip_chars(" :")
     for pattern, replacement in _SHAPES:
         s = s.str.replace(pattern, replacement)
     return s
 
 
-def timestamp(e: pl.Expr, *, prepared: bool = False) -> pl.Expr:
+# The spellings most values already have: `2019-04-25`, `2019-04-25 07:59:27` (legacy, filedrop) and
+# `2019-04-25T07:59:27+08:00` (platform). `timestamp_text` leaves them as they are (only `T` → space),
+# so `timestamp_fast` can parse them with one fixed format each. (Seconds `60`, a leap second, are
+# left to the general path: chrono and Polars' fixed-format parser might read it differently.)
+_CANONICAL = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?: [0-9]{2}:[0-9]{2}:[0-5][0-9]|T[0-9]{2}:[0-9]{2}:[0-5][0-9]\+08:00)?$"
+)
+
+
+def timestamp_fast(e: pl.Expr) -> pl.Expr:
+    """The fast path of `timestamp`: the value of a canonical spelling (`_CANONICAL`), null for any other
+    value (and for an impossible date or a local time in a DST gap, which the general path then reads
+    as null too).
+
+    Wherever it is not null it equals the general path (`timestamp_text` + chrono formats), which is
+    then only needed for the other rows: about 10x cheaper on a column of canonical values. The checks
+    are what make the formats exact: `%Y-%m-%d %H:%M:%S` without `%.f` lets Polars use its fixed-width
+    parser, and `+08:00` is a fixed offset (not Asia/Shanghai, whose 1986–91 summers were +09:00), so
+    such a value is the naive time minus 8 h, in UTC, shown in Asia/Shanghai like any other instant.
+    """
+    canonical = e.str.contains(_CANONICAL)
+    n = e.str.len_bytes()
+
+    def read(v: pl.Expr, fmt: str) -> pl.Expr:
+        return v.str.strptime(pl.Datetime("us"), fmt, strict=False, cache=False)
+
+    naive = pl.coalesce(
+        read(pl.when(canonical & (n == 19)).then(e), "%Y-%m-%d %H:%M:%S"),
+        read(pl.when(canonical & (n == 10)).then(e), "%Y-%m-%d"),
+    ).dt.replace_time_zone(TZ, ambiguous="earliest", non_existent="null")
+    local = read(pl.when(canonical & (n == 25)).then(e.str.slice(0, 19)), "%Y-%m-%dT%H:%M:%S")
+    instant = (local - pl.duration(hours=8)).dt.replace_time_zone("UTC").dt.convert_time_zone(TZ)
+    return pl.coalesce([naive, instant])
+
+
+def timestamp(e: pl.Expr, *, prepared: bool = False, fast: pl.Expr | None = None) -> pl.Expr:
     """Any supported date/time spelling → `Datetime("us", "Asia/Shanghai")`; null if it does not parse.
 
     Accepted (full-width digits too; `T`/`Z` in any case):
@@ -233,25 +304,31 @@ def timestamp(e: pl.Expr, *, prepared: bool = False) -> pl.Expr:
     A naive time that does not exist locally (the 1986–91 DST gaps) → null; an ambiguous one takes
     the earlier instant.
 
-    Implementation: normalize the spelling (`timestamp_text`), then try a few chrono formats
-    (`_NAIVE_FORMATS`, `_OFFSET_FORMATS`) and coalesce; every format is exact (whole string).
+    Implementation: the canonical spellings are read by `timestamp_fast`; the other values are
+    normalized (`timestamp_text`), then a few chrono formats (`_NAIVE_FORMATS`, `_OFFSET_FORMATS`) are
+    tried and coalesced; every format is exact (whole string). The general path gets null for the rows
+    the fast path read, so string work is spent on the other rows only.
     `prepared=True`: `e` already is `timestamp_text(...)` (a column computed once: Polars does not
-    always share the common sub-expression between the formats, and it is most of the cost).
+    always share the common sub-expression between the formats, and it is most of the cost), and
+    `fast`, if given, is `timestamp_fast(...)` of the raw column (`e` being the text of the rows it
+    left null); without `fast` every row takes the general path.
     """
-    s = e if prepared else timestamp_text(e)
+    if not prepared:
+        fast = timestamp_fast(e)
+        e = timestamp_text(pl.when(fast.is_null()).then(e))
     naive = pl.coalesce(
-        [s.str.strptime(pl.Datetime("us"), f, strict=False, cache=False) for f in _NAIVE_FORMATS]
+        [e.str.strptime(pl.Datetime("us"), f, strict=False, cache=False) for f in _NAIVE_FORMATS]
     ).dt.replace_time_zone(TZ, ambiguous="earliest", non_existent="null")
     instant = pl.coalesce(
-        [s.str.strptime(pl.Datetime("us", "UTC"), f, strict=False, cache=False) for f in _OFFSET_FORMATS]
+        [e.str.strptime(pl.Datetime("us", "UTC"), f, strict=False, cache=False) for f in _OFFSET_FORMATS]
     ).dt.convert_time_zone(TZ)
-    return pl.coalesce([naive, instant])
+    return pl.coalesce([naive, instant] if fast is None else [fast, naive, instant])
 
 
-def date(e: pl.Expr, *, prepared: bool = False) -> pl.Expr:
+def date(e: pl.Expr, *, prepared: bool = False, fast: pl.Expr | None = None) -> pl.Expr:
     """Any `timestamp` spelling → `Date`: the calendar date in Asia/Shanghai (a time part is dropped,
     an instant with an offset is first converted to Asia/Shanghai)."""
-    return timestamp(e, prepared=prepared).dt.date()
+    return timestamp(e, prepared=prepared, fast=fast).dt.date()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,55 +339,79 @@ _NUMBER = (
     r"^(?<num>[+-]?(?:[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?|[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
     r"(?<unit>[^0-9]*)$"
 )
-_NO_SPACE = dict.fromkeys(WHITESPACE, "")
+_NO_SPACE = _patterns(dict.fromkeys(WHITESPACE, ""))
 
 
-def number_parts(e: pl.Expr) -> pl.Expr:
+def number_parts(e: pl.Expr, *, fullwidth: bool = True) -> pl.Expr:
     """Stage 1 of the number parsers: a struct {num, unit} (String); null fields when the value is not
     a number followed by an optional non-numeric unit.
 
     Full-width first (`８５％` → `85%`, `－５` → `-5`, `１２．５` → `12.5`), U+2212 minus → `-`, white
     space removed; thousands separators are accepted only when well-formed (`1,234,567.5`; not `1,2`).
     """
-    s = _typed_input(e).str.replace_many(list(_NO_SPACE), list(_NO_SPACE.values()))
+    s = _typed_input(e, fullwidth).str.replace_many(*_NO_SPACE)
     return s.str.extract_groups(_NUMBER)
 
 
-def _parts(e: pl.Expr, prepared: bool) -> tuple[pl.Expr, pl.Expr]:
-    p = e if prepared else number_parts(e)
-    num = p.struct.field("num").str.replace_all(",", "", literal=True)
-    return num, p.struct.field("unit").str.to_lowercase()
+# Plain digits, the spelling of most sizes and counts: every number parser reads it as `float(value)`
+# (no unit, no sign, no decimal point, at most 15 digits: finite and exact).
+_DIGITS = r"^[0-9]{1,15}$"
 
 
-def number(e: pl.Expr, *, prepared: bool = False) -> pl.Expr:
+def number_fast(e: pl.Expr) -> pl.Expr:
+    """The fast path of every number parser: plain digits (`2048`, `12`) → Float64, the value all of
+    them give it; null for any other value (`12页`, `1.5MB`, `80%`, …), which `number_parts` and the
+    parser then read. Several times cheaper on a column of plain digits than `number_parts`'s
+    capturing regex and the unit handling."""
+    return pl.when(e.str.contains(_DIGITS)).then(e.cast(pl.Float64, strict=False))
+
+
+def _parts(e: pl.Expr, prepared: bool, fast: pl.Expr | None) -> tuple[pl.Expr, pl.Expr, pl.Expr | None]:
+    """(number text, lower-case unit, fast-path value or None) of a number parser's input: as given when
+    `prepared`, else the fast path and `number_parts` of the rows it left null."""
+    if not prepared:
+        fast = number_fast(e)
+        e = number_parts(pl.when(fast.is_null()).then(e))
+    num = e.struct.field("num").str.replace_all(",", "", literal=True)
+    return num, e.struct.field("unit").str.to_lowercase(), fast
+
+
+def _fast_first(value: pl.Expr, fast: pl.Expr | None) -> pl.Expr:
+    return value if fast is None else pl.coalesce([fast, value])
+
+
+def number(e: pl.Expr, *, prepared: bool = False, fast: pl.Expr | None = None) -> pl.Expr:
     """A number with an optional trailing unit that is ignored (`12.5`, `300万元` → 300, `８５％` → 85,
     `1,234` → 1234) → Float64; null if not a number or not finite. `prepared=True`: `e` is
-    `number_parts(...)` (as for every parser below)."""
-    num, _ = _parts(e, prepared)
+    `number_parts(...)` and `fast`, if given, `number_fast(...)` of the raw column (`e` being the parts
+    of the rows it left null), as for every parser below (compare `timestamp`)."""
+    num, _, fast = _parts(e, prepared, fast)
     v = num.cast(pl.Float64, strict=False)
-    return pl.when(v.is_finite()).then(v)
+    return _fast_first(pl.when(v.is_finite()).then(v), fast)
 
 
-def progress_pct(e: pl.Expr, *, fractions: bool = True, prepared: bool = False) -> pl.Expr:
+def progress_pct(
+    e: pl.Expr, *, fractions: bool = True, prepared: bool = False, fast: pl.Expr | None = None
+) -> pl.Expr:
     """Progress in percent → Float64 (range is checked by the normalizer, not here).
 
     `80%` → 80, `80` → 80, `80.00` → 80, `1` → 1. With `fractions=True` (legacy/filedrop, whose
     contract shows `0.8`), a value written with a decimal point, without `%`, within 0..1 is a
     fraction: `0.8` → 80, `1.0` → 100, `0.0` → 0. The only unit accepted is `%` (anything else → null).
     """
-    num, unit = _parts(e, prepared)
+    num, unit, fast = _parts(e, prepared, fast)
     v = num.cast(pl.Float64, strict=False)
     v = pl.when(v.is_finite() & unit.is_in(["", "%"])).then(v)
     if not fractions:
-        return v
+        return _fast_first(v, fast)
     is_fraction = (unit == "") & num.str.contains(".", literal=True) & (v >= 0) & (v <= 1)
-    return pl.when(is_fraction).then(v * 100).otherwise(v)
+    return _fast_first(pl.when(is_fraction).then(v * 100).otherwise(v), fast)
 
 
-def count(e: pl.Expr, *, prepared: bool = False) -> pl.Expr:
+def count(e: pl.Expr, *, prepared: bool = False, fast: pl.Expr | None = None) -> pl.Expr:
     """A count with an optional unit (`12`, `12页`, `12 pages`, `１２张`) → Float64 (the normalizer
     checks it is a non-negative integer)."""
-    return number(e, prepared=prepared)
+    return number(e, prepared=prepared, fast=fast)
 
 
 # Units accepted for a file size, with their multiplier (binary: what file systems report).
@@ -323,15 +424,15 @@ SIZE_UNITS: dict[str, int] = {
 }
 
 
-def size_bytes(e: pl.Expr, *, prepared: bool = False) -> pl.Expr:
+def size_bytes(e: pl.Expr, *, prepared: bool = False, fast: pl.Expr | None = None) -> pl.Expr:
     """A file size → Float64 bytes: `2048`, `2,048`, `2048B`, `2KB` → 2048, `1.5MB` → 1572864
     (rounded to a whole byte when a multiplier applies). An unknown unit → null (a guessed
     multiplier would be silently wrong)."""
-    num, unit = _parts(e, prepared)
+    num, unit, fast = _parts(e, prepared, fast)
     mult = unit.replace_strict(SIZE_UNITS, default=None, return_dtype=pl.Float64)
     v = num.cast(pl.Float64, strict=False) * mult
     v = pl.when(mult > 1).then(v.round(0)).otherwise(v)
-    return pl.when(v.is_finite()).then(v)
+    return _fast_first(pl.when(v.is_finite()).then(v), fast)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,20 +440,26 @@ def size_bytes(e: pl.Expr, *, prepared: bool = False) -> pl.Expr:
 # --------------------------------------------------------------------------------------------------
 
 
-def hex_digest(e: pl.Expr, length: int) -> pl.Expr:
+def hex_digest(e: pl.Expr, length: int, *, fullwidth: bool = True) -> pl.Expr:
     """A hex digest of exactly `length` hex digits, lower-cased; an optional `0x` prefix is dropped
-    (full-width → ASCII first). Anything else → null (the normalizer quarantines a malformed non-blank value)."""
-    return _typed_input(e).str.to_lowercase().str.extract(rf"^(?:0x)?([0-9a-f]{{{length}}})$", 1)
+    (full-width → ASCII first). Anything else → null (the normalizer quarantines a malformed non-blank value).
+
+    Most values already are `length` lower-case hex digits, which the cleanup would return unchanged:
+    they are taken as they are after one cheap `contains` (a DFA; the capturing `extract` is most of
+    the cost), and only the other rows (the rest is null) go through the cleanup."""
+    clean = e.str.contains(rf"^[0-9a-f]{{{length}}}$")
+    other = _typed_input(pl.when(~clean).then(e), fullwidth)
+    return pl.when(clean).then(e).otherwise(other.str.to_lowercase().str.extract(rf"^(?:0x)?([0-9a-f]{{{length}}})$", 1))
 
 
-def sha256(e: pl.Expr) -> pl.Expr:
+def sha256(e: pl.Expr, *, fullwidth: bool = True) -> pl.Expr:
     """SHA-256 of the file: 64 hex digits, lower case."""
-    return hex_digest(e, 64)
+    return hex_digest(e, 64, fullwidth=fullwidth)
 
 
-def phash(e: pl.Expr) -> pl.Expr:
+def phash(e: pl.Expr, *, fullwidth: bool = True) -> pl.Expr:
     """64-bit perceptual hash: 16 hex digits, lower case."""
-    return hex_digest(e, 16)
+    return hex_digest(e, 16, fullwidth=fullwidth)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,7 +521,14 @@ def _enum_key_py(value: str) -> str:
 
 def enum_key(e: pl.Expr) -> pl.Expr:
     """The matching key of an enumeration value: half-width, lower case, without white space, `_ - . ·`."""
-    return to_halfwidth(e).str.to_lowercase().str.replace_many(list(_ENUM_IGNORED), [""] * len(_ENUM_IGNORED))
+    return _enum_key_halfwidth(to_halfwidth(e))
+
+
+_ENUM_IGNORED_PATTERNS = _patterns(_ENUM_IGNORED)
+
+
+def _enum_key_halfwidth(e: pl.Expr) -> pl.Expr:
+    return e.str.to_lowercase().str.replace_many(*_ENUM_IGNORED_PATTERNS)
 
 
 def _build_enums() -> dict[tuple[str, str], dict[str, str]]:
@@ -439,10 +553,12 @@ def _build_enums() -> dict[tuple[str, str], dict[str, str]]:
 ENUMS: dict[tuple[str, str], dict[str, str]] = _build_enums()
 
 
-def enum(e: pl.Expr, table: str, column: str) -> pl.Expr:
+def enum(e: pl.Expr, table: str, column: str, *, fullwidth: bool = True) -> pl.Expr:
     """An enumeration value → its canonical English value, or null if unknown (see `ENUM_SPELLINGS`)."""
     m = ENUMS[(table, column)]
-    return enum_key(_typed_input(e)).replace_strict(m, default=None, return_dtype=pl.String)
+    # `enum_key` of a typed input: already half-width (the pass is idempotent: it only yields ASCII)
+    key = _enum_key_halfwidth(_typed_input(e, fullwidth))
+    return key.replace_strict(m, default=None, return_dtype=pl.String)
 
 
 # --------------------------------------------------------------------------------------------------
