@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -309,9 +310,10 @@ def process_source(
 # --------------------------------------------------------------------------------------------------
 
 
-# Free text that no rule, mart or alert reads: it stays in silver (analysts, spot checks), but the
-# cross-source stage does not hold it for the whole city (a file name is ~40 bytes an evidence row).
-NOT_READ_ACROSS_SOURCES: dict[str, tuple[str, ...]] = {"evidence": ("file_name",)}
+# Free text the cross-source stage does not hold for the whole city: evidence file names (no rule, mart
+# or alert reads them; ~40 bytes an evidence row) and report summaries (F6 alone reads them, through
+# `read_silver_columns`, while it runs; most of the memory of the reports).
+NOT_READ_ACROSS_SOURCES: dict[str, tuple[str, ...]] = {"evidence": ("file_name",), "stage_reports": ("summary",)}
 
 
 def load_silver(layout: Layout, source_ids: list[str], *, resolve: bool = True) -> dict[str, pl.DataFrame]:
@@ -334,6 +336,14 @@ def load_silver(layout: Layout, source_ids: list[str], *, resolve: bool = True) 
         t: pl.concat(frames) if frames else empty(t).drop(NOT_READ_ACROSS_SOURCES.get(t, ()))
         for t, frames in parts.items()
     }
+
+
+def read_silver_columns(layout: Layout, source_ids: list[str], table: str, columns: list[str]) -> pl.DataFrame:
+    """source_id, the table's key and `columns` of `table`, every source (columns `load_silver` leaves out)."""
+    key = TABLES[table].key
+    frames = [pl.read_parquet(path, columns=["source_id", key, *columns])
+              for sid in source_ids if (path := layout.silver_file(table, sid)).exists()]
+    return pl.concat(frames) if frames else empty(table).select("source_id", key, *columns)
 
 
 def freshness(silver: dict[str, pl.DataFrame], registry: Registry, outcomes: dict[str, SourceOutcome]) -> pl.DataFrame:
@@ -385,7 +395,8 @@ def evaluate(
 ) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
     """Silver across sources with references resolved, and every flag of tonight's rules. With
     `docs_dir`, the Great Expectations Data Docs of every suite run go there."""
-    silver = load_silver(layout, [s.id for s in registry.sources])
+    source_ids = [s.id for s in registry.sources]
+    silver = load_silver(layout, source_ids)
     problems = pl.DataFrame(
         [{"source_id": sid, **p} for sid, o in outcomes.items() for p in o.contract_problems],
         schema={"source_id": pl.String, "table": pl.String, "problem": pl.String},
@@ -399,7 +410,7 @@ def evaluate(
         contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
         deadline_flags(silver, as_of),
-        rule_flags(RuleContext(silver, as_of), validator),
+        rule_flags(RuleContext(silver, as_of, partial(read_silver_columns, layout, source_ids)), validator),
     ]).unique(maintain_order=True)
     if docs_dir is not None:
         shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs

@@ -7,6 +7,7 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import polars as pl
+import pytest
 
 from expectations.contract import (
     c1_flags,
@@ -182,3 +183,29 @@ def test_load_silver_resolves_each_source_as_the_whole_city_would(tmp_path):
         assert loaded[table].sort(TABLES[table].key, "source_id").equals(
             expected.sort(TABLES[table].key, "source_id")), table
     assert loaded["evidence"].is_empty() and "file_name" not in loaded["evidence"].columns
+
+
+def test_a_rule_reads_the_columns_silver_does_not_hold_from_storage(tmp_path):
+    """Report summaries are not held for the whole city: `RuleContext.columns` reads them per source when
+    a rule asks (F6), joined by key onto the frame the night holds (whose references are resolved)."""
+    from expectations.rules.base import RuleContext
+    from flows.steps import load_silver, read_silver_columns
+    from warehouse.layout import Layout
+
+    layout = Layout(tmp_path)
+    reports = frame("stage_reports", [
+        {"source_id": "s", "report_id": "R1", "project_id": "x1", "summary": "第一份", "updated_at": ts(2026, 11, 1)},
+        {"source_id": "s", "report_id": "R2", "project_id": "X1", "summary": None, "updated_at": ts(2026, 11, 1)},
+    ])
+    tables = {**silver(), "stage_reports": reports}
+    for table, f in tables.items():
+        path = layout.silver_file(table, "s")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f.write_parquet(path)
+    held = load_silver(layout, ["s"])
+    assert "summary" not in held["stage_reports"].columns
+    ctx = RuleContext(held, AS_OF, lambda t, c: read_silver_columns(layout, ["s"], t, c))
+    got = ctx.columns("stage_reports", ["report_id", "project_id", "summary"]).sort("report_id")
+    assert got.rows() == [("R1", "X1", "第一份"), ("R2", "X1", None)]  # x1 resolved to X1
+    with pytest.raises(KeyError, match="summary"):
+        RuleContext(held, AS_OF).columns("stage_reports", ["summary"])

@@ -18,6 +18,7 @@ them (`expectations/settings.py`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from types import ModuleType
@@ -34,12 +35,30 @@ from expectations.gx_runner import Check, Validator
 class RuleContext:
     silver: dict[str, pl.DataFrame]  # canonical tables, all sources, references resolved
     as_of: date
+    # Reads columns `silver` does not hold (large free text that one rule reads, e.g. report summaries):
+    # (table, columns) -> source_id, the table's key and those columns, for every source. None: `silver`
+    # holds every column it has.
+    read_columns: Callable[[str, list[str]], pl.DataFrame] | None = None
 
     def table(self, name: str) -> pl.DataFrame:
         from transforms.schema import empty
 
         frame = self.silver.get(name)
         return empty(name) if frame is None else frame
+
+    def columns(self, name: str, columns: list[str]) -> pl.DataFrame:
+        """`columns` of a table, the ones `silver` does not hold read from storage (`read_columns`)."""
+        from transforms.schema import TABLES
+
+        frame = self.table(name)
+        absent = [c for c in columns if c not in frame.columns]
+        if not absent:
+            return frame.select(columns)
+        if self.read_columns is None:
+            raise KeyError(f"{name} has no column(s) {', '.join(absent)}")
+        keys = ["source_id", TABLES[name].key]
+        held = list(dict.fromkeys([*keys, *(c for c in columns if c not in absent)]))
+        return frame.select(held).join(self.read_columns(name, absent), on=keys, how="left").select(columns)
 
 
 def within_threshold(rule_id: str, entity_type: str, value_column: str, note: str) -> Check:

@@ -77,9 +77,8 @@ PARAMS: dict[str, Param] = {
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     reports = (
-        ctx.table("stage_reports")
+        ctx.columns("stage_reports", ["source_id", "report_id", "project_id", "submitted_at", "summary"])
         .filter(pl.col("project_id").is_not_null() & pl.col("summary").is_not_null())
-        .select("source_id", "report_id", "project_id", "submitted_at", "summary")
         .unique(subset=["source_id", "report_id"], keep="first")
         .sort("submitted_at", "source_id", "report_id", nulls_last=True)
         .with_row_index("doc")
