@@ -52,26 +52,35 @@ PARAMS: dict[str, Param] = {
 
 def features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
     d = int(params["max_hamming"])
+    evidence = ctx.table("evidence")
+    sha = pl.col("sha256").str.strip_chars().str.to_lowercase()
+    # Files are told apart within one report only, so a 64-bit hash of the (cleaned) sha256 is a key
+    # that cannot collide in practice; the texts are looked up again for the groups that are kept
+    # (`_erow`: the row's position in the evidence table).
     ev, index = evidence_by_report_index(
-        ctx.table("evidence"), ctx.table("stage_reports"), ["evidence_id", "sha256", "phash"]
+        evidence.lazy().with_row_index("_erow").select(
+            "source_id", "report_id", "_erow", "evidence_id",
+            pl.when(sha.is_not_null() & (sha != "")).then(sha.hash()).alias("sha"),
+            parse_phash(pl.col("phash").str.strip_chars().str.to_lowercase()).alias("h"),
+        ).collect(engine="streaming"),  # in morsels: no city-sized temporary string columns
+        ctx.table("stage_reports"), ["_erow", "evidence_id", "sha", "h"],
     )
-    ev = ev.select(
-        "_rid", "evidence_id",
-        pl.col("sha256").str.strip_chars().str.to_lowercase().alias("sha"),
-        pl.col("phash").str.strip_chars().str.to_lowercase().alias("phash_text"),
-    ).with_columns(parse_phash(pl.col("phash_text")).alias("h"))
+
+    def text(column: str, rows: pl.Series) -> pl.Series:
+        return evidence[column].gather(rows).str.strip_chars().str.to_lowercase()
+
     counts = ev.group_by("_rid").agg(pl.len().cast(pl.Int64).alias("n_items"))
 
     # Same file: the largest sha256 group of each report (only repeated files are gathered).
+    repeated = ev.filter(pl.col("sha").is_not_null()).filter(pl.len().over("_rid", "sha") > 1)
+    repeated = repeated.with_columns(text("sha256", repeated["_erow"]).alias("sha_text"))
     same = (
-        ev.filter(pl.col("sha").is_not_null() & (pl.col("sha") != ""))
-        .filter(pl.len().over("_rid", "sha") > 1)
-        .group_by("_rid", "sha")
+        repeated.group_by("_rid", "sha_text")
         .agg(pl.len().cast(pl.Int64).alias("copies"), pl.col("evidence_id").sort().alias("evidence_ids"))
-        .sort(["_rid", "copies", "sha"], descending=[False, True, False])
+        .sort(["_rid", "copies", "sha_text"], descending=[False, True, False])
         .unique(subset=["_rid"], keep="first", maintain_order=True)
         .select("_rid", pl.lit("same_file").alias("match"), "copies", "evidence_ids",
-                pl.col("sha").alias("sha256"), pl.lit(None, pl.String).alias("phash"),
+                pl.col("sha_text").alias("sha256"), pl.lit(None, pl.String).alias("phash"),
                 pl.lit(0, pl.Int64).alias("max_distance"))
     )
 
@@ -106,12 +115,13 @@ def features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
         hashed.join(members, left_on=["_rid", "h"], right_on=["_rid", "member"], how="inner")
         .group_by("_rid").agg(pl.col("evidence_id").sort().alias("evidence_ids"))
     )
-    text = hashed.join(centre.select("_rid", "h"), on=["_rid", "h"], how="semi").group_by("_rid").agg(
-        pl.col("phash_text").first().alias("phash")
+    first = hashed.join(centre.select("_rid", "h"), on=["_rid", "h"], how="semi").group_by("_rid").agg(
+        pl.col("_erow").first()
     )
+    phash_text = first.select("_rid", text("phash", first["_erow"]).alias("phash"))
     near = (
         centre.join(ids, on="_rid", how="left")
-        .join(text, on="_rid", how="left")
+        .join(phash_text, on="_rid", how="left")
         .select("_rid", pl.lit("near_photo").alias("match"), "copies", "evidence_ids",
                 pl.lit(None, pl.String).alias("sha256"), "phash", pl.col("max_distance").fill_null(0))
     )
