@@ -18,6 +18,8 @@ Method (scales to millions of reports; no all-pairs):
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import great_expectations as gx
 import numpy as np
 import polars as pl
@@ -40,6 +42,9 @@ from transforms.features_fabrication import (
 RULE_ID = "F6"
 ENTITY_TYPE = "report"
 ID_COLUMN = "report_id"
+
+# Batches sketched at the same time (not a threshold: the flags do not depend on it).
+SKETCH_THREADS = 2
 
 PARAMS: dict[str, Param] = {
     "shingle_k": Param(5, "Five characters is about two Chinese words: long enough that two unrelated "
@@ -104,7 +109,8 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
     live = np.zeros(n, dtype=bool)
-    for lo in range(0, n, params["chunk_docs"]):
+
+    def sketch(lo: int) -> None:
         hi = min(n, lo + params["chunk_docs"])
         d, h = drop_shingles(*shingle_hashes(texts(slice(lo, hi)), k), stop)
         # specific shingles a report (occurrences: a 5-gram rarely repeats within one summary)
@@ -113,6 +119,11 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         sig = minhash_signatures(d[sel], h[sel], hi - lo, bins)
         keys[lo:hi] = band_keys(sig, rpb)
         live[lo:hi] = ok
+
+    # Batches are independent and their numpy and Polars work releases the GIL: two at a time use both
+    # cores of a small machine (memory: two batches' arrays).
+    with ThreadPoolExecutor(max_workers=SKETCH_THREADS) as pool:
+        list(pool.map(sketch, range(0, n, params["chunk_docs"])))
 
     i, j = lsh_candidate_pairs(keys, live, params["max_bucket"])  # i < j: i is the earlier report
     if len(i) == 0:
