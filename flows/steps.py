@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -322,16 +323,21 @@ def load_silver(layout: Layout, source_ids: list[str], *, resolve: bool = True) 
     References are resolved (`resolve_references`) as each source is read: they never cross sources, and
     resolving the whole city at once would hold it twice (before and after the joins)."""
     tables = (*TABLES, "metrics")
-    parts: dict[str, list[pl.DataFrame]] = {t: [] for t in tables}
-    for sid in source_ids:
+
+    def one_source(sid: str) -> dict[str, pl.DataFrame]:
         one = {}
         for table in tables:
             path = layout.silver_file(table, sid)
             if path.exists():
                 skip = NOT_READ_ACROSS_SOURCES.get(table, ())
                 one[table] = pl.read_parquet(path, columns=[c for c in pl.read_parquet_schema(path) if c not in skip])
-        for table, frame in (resolve_references(one) if resolve else one).items():
-            parts[table].append(frame)
+        return resolve_references(one) if resolve else one
+
+    parts: dict[str, list[pl.DataFrame]] = {t: [] for t in tables}
+    with ThreadPoolExecutor(max_workers=4) as pool:  # reading and joining release the GIL
+        for one in pool.map(one_source, source_ids):
+            for table, frame in one.items():
+                parts[table].append(frame)
     return {
         t: pl.concat(frames) if frames else empty(t).drop(NOT_READ_ACROSS_SOURCES.get(t, ()))
         for t, frames in parts.items()
