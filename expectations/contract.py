@@ -163,8 +163,12 @@ def contract_suite_flags(validator: Validator, silver: dict[str, pl.DataFrame]) 
         frame = silver.get(table)
         if frame is None or frame.is_empty():
             continue
-        features = reference_features(silver, table)
-        results = validator.run(f"contract_{table}", features, ["source_id", spec.key], silver_checks(table))
+        checks = silver_checks(table)
+        # Only the columns the checks read (a copy of the whole table per suite would be city-sized).
+        read = [c for ch in checks for c in _detail_columns_of(ch)]
+        narrow = frame.select(list(dict.fromkeys(["source_id", spec.key, *(r.column for r in spec.references), *read])))
+        features = reference_features({**silver, table: narrow}, table)
+        results = validator.run(f"contract_{table}", features, ["source_id", spec.key], checks)
         for res in results:
             if res.success or res.unexpected.is_empty():
                 continue
@@ -179,7 +183,12 @@ def contract_suite_flags(validator: Validator, silver: dict[str, pl.DataFrame]) 
 
 
 def _detail_columns(res) -> list[str]:
-    col = getattr(res.check.expectation, "column", None)
+    return _detail_columns_of(res.check)
+
+
+def _detail_columns_of(check: Check) -> list[str]:
+    """The silver column a check is about (for a C3 check, the reference column)."""
+    col = getattr(check.expectation, "column", None)
     if col and col.endswith("__exists"):
         return [col.removesuffix("__exists")]
     return [col] if col else []
