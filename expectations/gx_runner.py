@@ -42,7 +42,7 @@ class CheckResult:
 
 
 # Rows handed to pandas and GX at a time. GX holds several times the batch in masks and index lists
-# (about 500 bytes a row for a contract suite), so a city-sized frame is validated in batches.
+# (a few hundred bytes a row for a contract suite), so a city-sized frame is validated in batches.
 BATCH_ROWS = int(os.environ.get("QINGFENG_GX_BATCH_ROWS", "500000"))
 
 
