@@ -256,3 +256,23 @@ def test_f7_claimed_complete_without_outcome(validator):
     assert set(got) == {"M1", "M3"}
     assert got["M1"]["outcome_items"] == 0 and got["M1"]["evidence_items"] == 2
     assert got["M3"]["complete_report_id"] == "R3" and got["M3"]["completed_at"] is None
+
+
+def test_jaccard_of_candidate_pairs_does_not_depend_on_the_batching():
+    """F6 computes the exact Jaccard of its candidate pairs in batches of pairs (memory): every batch size
+    gives the same figures, which match the Jaccard of the shingle sets computed directly."""
+    import numpy as np
+
+    from transforms.features_fabrication import jaccard_pairs
+
+    rng = np.random.default_rng(7)
+    doc = rng.integers(0, 40, 4000)
+    h = rng.integers(0, 300, 4000).astype(np.uint64)
+    a, b = rng.integers(0, 45, 500), rng.integers(0, 45, 500)  # docs 40–44 have no shingles
+    whole = jaccard_pairs(doc, h, a, b, pairs_per_batch=10_000)
+    sets = {d: set(h[doc == d].tolist()) for d in range(45)}
+    direct = [len(sets[x] & sets[y]) / len(sets[x] | sets[y]) if sets[x] | sets[y] else 0.0
+              for x, y in zip(a, b, strict=True)]
+    assert np.allclose(whole, direct)
+    for size in (1, 7, 499):
+        assert np.array_equal(jaccard_pairs(doc, h, a, b, pairs_per_batch=size), whole)

@@ -316,27 +316,39 @@ def lsh_candidate_pairs(keys: np.ndarray, live: np.ndarray, max_bucket: int = 20
     A bucket larger than `max_bucket` pairs each member with its `max_bucket` next members only."""
     n = keys.shape[0]
     idx = np.flatnonzero(live)
-    code = np.empty(0, np.int64)
+    codes = [np.empty(0, np.int64)]
     for band in range(keys.shape[1]):
         key = keys[idx, band]
         order = np.argsort(key, kind="stable")
         p, q = _pairs_in_runs(key[order], max_bucket)
         if len(p):
             i, j = idx[order[p]], idx[order[q]]
-            # merged band by band: a close pair agrees on most bands, so the union stays small
-            code = np.union1d(code, np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j))
+            # each band's pairs deduplicated, then all bands at once: one sort of every band's pairs
+            # instead of a growing union per band (quadratic in the bands once candidates number millions)
+            codes.append(np.unique(np.minimum(i, j).astype(np.int64) * n + np.maximum(i, j)))
+    code = np.unique(np.concatenate(codes))
     return code // n, code % n
 
 
-def jaccard_pairs(doc: np.ndarray, h: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def shingle_sets(doc: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each document's set of shingles: (doc, h) sorted by document, then hash, without repeats. Sorted
+    in numpy: a hash-based unique of tens of millions of shingles holds several times their size."""
+    order = np.lexsort((h, doc))
+    sdoc, sh = doc[order].astype(np.int64), h[order]
+    del order
+    keep = np.r_[True, (sdoc[1:] != sdoc[:-1]) | (sh[1:] != sh[:-1])]
+    return sdoc[keep], sh[keep]
+
+
+def jaccard_pairs(doc: np.ndarray, h: np.ndarray, a: np.ndarray, b: np.ndarray,
+                  pairs_per_batch: int = 100_000) -> np.ndarray:
     """Exact Jaccard of the shingle sets of documents a[i] and b[i] (`doc`, `h`: shingles, repeats allowed).
 
     Vectorized: each pair's shingles are keyed by (pair, shingle) on both sides, and the intersection is
     the number of a-side keys also on the b-side (one sorted membership test for all pairs)."""
     if len(a) == 0:
         return np.empty(0, dtype=np.float64)
-    sets = pl.DataFrame({"doc": doc.astype(np.int64), "h": h}).unique().sort("doc")
-    sdoc, sh = sets["doc"].to_numpy(), sets["h"].to_numpy()
+    sdoc, sh = shingle_sets(doc, h)
     ids, first, size = np.unique(sdoc, return_index=True, return_counts=True)
 
     def side(docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -350,11 +362,18 @@ def jaccard_pairs(doc: np.ndarray, h: np.ndarray, a: np.ndarray, b: np.ndarray) 
             key = _splitmix64(sh[rows] ^ _splitmix64(pair.astype(np.uint64)))
         return n, pair, key
 
-    na, pair_a, key_a = side(np.asarray(a, dtype=np.int64))
-    nb, _, key_b = side(np.asarray(b, dtype=np.int64))
-    inter = np.bincount(pair_a[member(key_a, key_b)], minlength=len(a))
-    union = na + nb - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    def chunk(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        na, pair_a, key_a = side(a)
+        nb, _, key_b = side(b)
+        inter = np.bincount(pair_a[member(key_a, key_b)], minlength=len(a))
+        union = na + nb - inter
+        return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+    # Pairs in batches: the keys are one entry per shingle of each pair's two documents, so a million
+    # candidate pairs would need gigabytes at once.
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    return np.concatenate([chunk(a[lo:lo + pairs_per_batch], b[lo:lo + pairs_per_batch])
+                           for lo in range(0, len(a), pairs_per_batch)])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from transforms.features_fabrication import (
     minhash_signatures,
     normalize_text,
     shingle_hashes,
+    shingle_sets,
     ts_json,
 )
 
@@ -130,9 +131,19 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         return pl.DataFrame()
     project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").alias("p"))["p"].to_numpy()
     docs = np.unique(np.r_[i, j])
-    d, h = drop_shingles(*shingle_hashes(texts(docs), k), stop)
-    jac = jaccard_pairs(docs[d], h, i, j)
-    n_sh = pl.DataFrame({"doc": docs[d], "h": h}).unique().group_by("doc").len()
+    # The candidates' shingles again, batch by batch like the sketches (the working arrays of shingling
+    # hold about 30 bytes a character: hundreds of thousands of candidates at once would need gigabytes).
+    batches = []
+    for lo in range(0, len(docs), params["chunk_docs"]):
+        bd, bh = drop_shingles(*shingle_hashes(texts(docs[lo:lo + params["chunk_docs"]]), k), stop)
+        batches.append((bd + lo, bh))
+    d, h = np.concatenate([bd for bd, _ in batches]), np.concatenate([bh for _, bh in batches])
+    del batches
+    sdoc, sh = shingle_sets(docs[d], h)
+    del d, h
+    jac = jaccard_pairs(sdoc, sh, i, j)
+    ids, counts = np.unique(sdoc, return_counts=True)
+    n_sh = pl.DataFrame({"doc": ids, "len": counts}, schema={"doc": pl.Int64, "len": pl.UInt32})
 
     pairs = pl.DataFrame({"doc": j.astype(np.uint32), "orig": i.astype(np.uint32), "jaccard": np.round(jac, 4),
                           "same_project": project[i] == project[j]})
