@@ -165,7 +165,7 @@ def contract_suite_flags(validator: Validator, silver: dict[str, pl.DataFrame]) 
             continue
         checks = silver_checks(table)
         # Only the columns the checks read (a copy of the whole table per suite would be city-sized).
-        read = [c for ch in checks for c in _detail_columns_of(ch)]
+        read = [c for ch in checks for c in _detail_columns(ch)]
         narrow = frame.select(list(dict.fromkeys(["source_id", spec.key, *(r.column for r in spec.references), *read])))
         features = reference_features({**silver, table: narrow}, table)
         results = validator.run(f"contract_{table}", features, ["source_id", spec.key], checks)
@@ -173,7 +173,7 @@ def contract_suite_flags(validator: Validator, silver: dict[str, pl.DataFrame]) 
             if res.success or res.unexpected.is_empty():
                 continue
             rows = res.unexpected.rename({spec.key: "_eid"}).join(
-                features.select("source_id", pl.col(spec.key).alias("_eid"), *_detail_columns(res)),
+                features.select("source_id", pl.col(spec.key).alias("_eid"), *_detail_columns(res.check)),
                 on=["source_id", "_eid"], how="left",
             ).unique(subset=["source_id", "_eid"], keep="first")
             detail = _check_detail(res, table)
@@ -182,11 +182,7 @@ def contract_suite_flags(validator: Validator, silver: dict[str, pl.DataFrame]) 
     return pl.concat(flags)
 
 
-def _detail_columns(res) -> list[str]:
-    return _detail_columns_of(res.check)
-
-
-def _detail_columns_of(check: Check) -> list[str]:
+def _detail_columns(check: Check) -> list[str]:
     """The silver column a check is about (for a C3 check, the reference column)."""
     col = getattr(check.expectation, "column", None)
     if col and col.endswith("__exists"):

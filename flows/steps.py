@@ -317,7 +317,7 @@ def process_source(
 NOT_READ_ACROSS_SOURCES: dict[str, tuple[str, ...]] = {"evidence": ("file_name",), "stage_reports": ("summary",)}
 
 
-def load_silver(layout: Layout, source_ids: list[str], *, resolve: bool = True) -> dict[str, pl.DataFrame]:
+def load_silver(layout: Layout, source_ids: list[str]) -> dict[str, pl.DataFrame]:
     """Every source's silver, one frame per table, without the columns in `NOT_READ_ACROSS_SOURCES`.
 
     References are resolved (`resolve_references`) as each source is read: they never cross sources, and
@@ -331,7 +331,7 @@ def load_silver(layout: Layout, source_ids: list[str], *, resolve: bool = True) 
             if path.exists():
                 skip = NOT_READ_ACROSS_SOURCES.get(table, ())
                 one[table] = pl.read_parquet(path, columns=[c for c in pl.read_parquet_schema(path) if c not in skip])
-        return resolve_references(one) if resolve else one
+        return resolve_references(one)
 
     parts: dict[str, list[pl.DataFrame]] = {t: [] for t in tables}
     with ThreadPoolExecutor(max_workers=4) as pool:  # reading and joining release the GIL

@@ -62,13 +62,18 @@ PARAMS: dict[str, Param] = {
 _SHA_GROUP = 1 << 120
 
 
-def _rows(ctx: RuleContext, params: dict) -> pl.DataFrame:
+def _report_projects(ctx: RuleContext) -> pl.DataFrame:
+    """source_id, report_id → project_id, one row per report."""
+    return ctx.table("stage_reports").select("source_id", "report_id", "project_id").unique(
+        subset=["source_id", "report_id"], keep="first")
+
+
+def _rows(ctx: RuleContext, params: dict, reports: pl.DataFrame) -> pl.DataFrame:
     """One narrow row per judged evidence item: `row` (its position in the evidence table), project and
     unit (hashes), upload time `t`, and its content keys: `sha_grp` (null unless its kind is judged by
     sha256 and it has a well-formed one) and `ph` (null unless judged by phash and not degenerate).
-    Ids are looked up again only for the rows that end up flagged (`_identify`)."""
-    reports = ctx.table("stage_reports").select("source_id", "report_id", "project_id").unique(
-        subset=["source_id", "report_id"], keep="first")
+    Ids are looked up again only for the rows that end up flagged (`_identify`). `reports`:
+    `_report_projects`."""
     projects = ctx.table("projects").select("source_id", "project_id", "unit_code").unique(
         subset=["source_id", "project_id"], keep="first")
     sha = pl.col("sha256").str.strip_chars().str.to_lowercase()
@@ -107,11 +112,9 @@ def _rows(ctx: RuleContext, params: dict) -> pl.DataFrame:
     )
 
 
-def _identify(ctx: RuleContext, rows: pl.Series) -> pl.DataFrame:
+def _identify(ctx: RuleContext, rows: pl.Series, reports: pl.DataFrame) -> pl.DataFrame:
     """row (positions in the evidence table) → row, source_id, evidence_id, report_id, project_id, kind,
-    uploaded_at."""
-    reports = ctx.table("stage_reports").select("source_id", "report_id", "project_id").unique(
-        subset=["source_id", "report_id"], keep="first")
+    uploaded_at. `reports`: `_report_projects`."""
     picked = rows.unique().sort()
     return (
         ctx.table("evidence").select("source_id", "evidence_id", "report_id", "kind", "uploaded_at")[picked]
@@ -121,7 +124,8 @@ def _identify(ctx: RuleContext, rows: pl.Series) -> pl.DataFrame:
 
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
-    base = _rows(ctx, params)
+    reports = _report_projects(ctx)
+    base = _rows(ctx, params, reports)
     if base.is_empty():
         return pl.DataFrame()
     by_sha = base.filter(pl.col("sha_grp").is_not_null()).select("row", "project", "unit", "t",
@@ -161,7 +165,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         return pl.DataFrame()
     orig = earliest_other_project(rows, links, summary)
     judged = rows.group_by("row").agg(pl.col("content_projects").max())
-    ids = _identify(ctx, pl.concat([judged["row"], orig["orig_row"]]))
+    ids = _identify(ctx, pl.concat([judged["row"], orig["orig_row"]]), reports)
     out = (
         judged.join(orig, on="row", how="left")
         .join(ids.select("row", "source_id", "evidence_id", "report_id", "project_id", "kind", "uploaded_at"), on="row")
