@@ -3,12 +3,17 @@
 GX 1.x has no Polars datasource: the features are computed in Polars, and only the columns an
 expectation reads (plus the id columns) cross into pandas. Results are requested COMPLETE with the id
 columns as the unexpected index, so every failing row comes back by name and becomes one flag.
+
+The features of a table not held for the whole city come as batches (one source's at a time, from a
+generator); a suite validates them as they come, and hands back with the ids whatever other columns
+of the unexpected rows the flags need, since the caller no longer has the frame to join them from.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +42,7 @@ class CheckResult:
     check: Check
     success: bool
     element_count: int
-    unexpected: pl.DataFrame  # the id columns of every unexpected row
+    unexpected: pl.DataFrame  # the id columns (as strings) of every unexpected row, and its `keep` columns
     observed: dict = field(default_factory=dict)
 
 
@@ -87,11 +92,20 @@ class Validator:
         self.context.build_data_docs(site_names=[self.SITE])
         return self.docs_dir / "index.html"
 
-    def run(self, suite_name: str, frame: pl.DataFrame, id_columns: list[str], checks: list[Check]) -> list[CheckResult]:
+    def run(self, suite_name: str, frame: pl.DataFrame | Iterable[pl.DataFrame], id_columns: list[str],
+            checks: list[Check], keep: list[str] | None = None) -> list[CheckResult]:
+        """Validate `frame` against `checks` as one suite (one checkpoint, one name in the Data Docs).
+
+        `frame` is one frame or batches of one (any iterable, a generator included), consumed one at a
+        time and re-cut into `batch_rows` chunks: the results, and the validation runs in the Data Docs,
+        are those of the batches concatenated, wherever the batches were cut. `keep` names columns of
+        the frame to return with each unexpected row's ids, typed as in the frame: they need not cross
+        into pandas, and the caller needs no copy of the frame to look them up."""
         if not checks:
             return []
         suite_name = self._unique(suite_name)
         columns = list(dict.fromkeys([*id_columns, *_columns_read(checks)]))
+        kept = [c for c in dict.fromkeys(keep or []) if c not in id_columns]
         asset = self.source.add_dataframe_asset(suite_name)
         batch = asset.add_batch_definition_whole_dataframe(suite_name)
         suite = self.context.suites.add(gx.ExpectationSuite(name=suite_name))
@@ -112,43 +126,93 @@ class Validator:
                 },
             )
         )
+        id_schema = {k: pl.String for k in id_columns}
+        frames = [frame] if isinstance(frame, pl.DataFrame) else frame
+        empty = pl.DataFrame(schema={c: pl.String for c in [*columns, *kept]})
         per_check: list[list[dict]] = [[] for _ in checks]
-        for offset in range(0, max(frame.height, 1), self.batch_rows):
-            pdf = frame.slice(offset, self.batch_rows).select(columns).to_pandas()
+        kept_schema: dict[str, pl.DataType] = {}
+        rows_seen = 0
+        for chunk in _chunks(frames, self.batch_rows, empty):
+            rows_seen += chunk.height
+            kept_schema = kept_schema or {c: chunk.schema[c] for c in kept}
+            pdf = chunk.select(columns).to_pandas()
             run = checkpoint.run(batch_parameters={"dataframe": pdf})
             del pdf
             result = next(iter(run.run_results.values()))
-            for check, res, found in zip(checks, result.results, per_check, strict=True):
+            # GX evaluates, and lists the results, grouped by column: match them to the checks by id.
+            result_of = {res.expectation_config.id: res for res in result.results}
+            for check, found in zip(checks, per_check, strict=True):
+                res = result_of[check.expectation.id]
                 if res.exception_info and res.exception_info.get("raised_exception"):
                     raise RuntimeError(
                         f"expectation {type(check.expectation).__name__} in {suite_name} raised: "
                         f"{res.exception_info.get('exception_message')}"
                     )
                 info = res.result or {}
+                ids = pl.DataFrame(
+                    [{k: _plain(row.get(k)) for k in id_columns} for row in (info.get("unexpected_index_list") or [])],
+                    schema=id_schema, orient="row",
+                )
                 found.append({
                     "success": bool(res.success),
                     "elements": int(info.get("element_count") or 0),
                     "unexpected": int(info.get("unexpected_count") or 0),
-                    "ids": [{k: _plain(row.get(k)) for k in id_columns}
-                            for row in (info.get("unexpected_index_list") or [])],
+                    "rows": _with_kept(ids, chunk, id_columns, kept) if kept and not ids.is_empty() else ids,
                 })
+        no_rows = pl.DataFrame(schema={**id_schema, **{c: kept_schema.get(c, pl.String) for c in kept}})
         out = []
         for check, batches in zip(checks, per_check, strict=True):
-            unexpected = pl.DataFrame(
-                [row for b in batches for row in b["ids"]], schema={k: pl.String for k in id_columns}, orient="row",
-            )
-            elements = sum(b["elements"] for b in batches) or frame.height
-            count = sum(b["unexpected"] for b in batches)
+            unexpected = pl.concat([no_rows, *(b["rows"] for b in batches if not b["rows"].is_empty())],
+                                   how="vertical_relaxed")
             out.append(
                 CheckResult(
                     check=check,
                     success=all(b["success"] for b in batches),
-                    element_count=elements,
+                    element_count=sum(b["elements"] for b in batches) or rows_seen,
                     unexpected=unexpected,
-                    observed={"unexpected_count": count},
+                    observed={"unexpected_count": sum(b["unexpected"] for b in batches)},
                 )
             )
         return out
+
+
+def _with_kept(ids: pl.DataFrame, chunk: pl.DataFrame, id_columns: list[str], kept: list[str]) -> pl.DataFrame:
+    """`ids` (as GX names them: strings) with the `kept` columns of those rows of `chunk`."""
+    rows = (
+        chunk.select(*(pl.col(k).cast(pl.String) for k in id_columns), *kept)
+        .join(ids.unique(), on=id_columns, how="semi")
+        .unique(subset=id_columns, keep="first", maintain_order=True)
+    )
+    return ids.join(rows, on=id_columns, how="left", maintain_order="left")
+
+
+def _chunks(frames: Iterable[pl.DataFrame], rows: int, empty: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    """`frames` as consecutive chunks of `rows` rows (the last one shorter), holding no more than one
+    chunk and one incoming frame. With no row at all, one empty chunk: an empty table is still
+    validated, once, so that its suite has a result and a run in the Data Docs."""
+    pending: list[pl.DataFrame] = []
+    held = 0
+    last_empty = empty
+    any_chunk = False
+    for frame in frames:
+        if frame.is_empty():
+            last_empty = frame
+            continue
+        pending.append(frame)
+        held += frame.height
+        if held < rows:
+            continue
+        joined = pl.concat(pending, how="vertical_relaxed", rechunk=False) if len(pending) > 1 else pending[0]
+        whole = held - held % rows
+        for offset in range(0, whole, rows):
+            any_chunk = True
+            yield joined.slice(offset, rows)
+        rest = joined.slice(whole)
+        pending, held = ([rest], rest.height) if rest.height else ([], 0)
+    if pending:
+        yield pl.concat(pending, how="vertical_relaxed", rechunk=False) if len(pending) > 1 else pending[0]
+    elif not any_chunk:
+        yield last_empty
 
 
 def _plain(value):
