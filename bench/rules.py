@@ -58,18 +58,18 @@ def main() -> None:
     from expectations.rules.base import RuleContext, run_rule
     from expectations.settings import rule_params
     from flows.registry import load_registry
-    from flows.steps import load_silver, read_silver_columns
     from warehouse.layout import Layout
+    from warehouse.silver import CitySilver
 
     sampler = PeakSampler()
     t0 = time.perf_counter()
     registry = load_registry(args.sources)
     layout, source_ids = Layout(args.warehouse), [s.id for s in registry.sources]
-    silver = load_silver(layout, source_ids)
+    silver = CitySilver.load(layout, source_ids)  # evidence is read source by source, by the rules
     rows = {k: v.height for k, v in silver.items()}
     print(f"silver read in {time.perf_counter() - t0:.1f} s, process at {rss_mib():.0f} MiB: "
           + ", ".join(f"{k} {n:,}" for k, n in rows.items()))
-    ctx = RuleContext(silver, args.as_of, lambda table, columns: read_silver_columns(layout, source_ids, table, columns))
+    ctx = RuleContext(silver, args.as_of, silver.read_columns)
     validator = Validator()
     print(f"{'rule module':30}{'features s':>11}{'GX+flags s':>11}{'peak +MiB':>10}{'judged':>10}{'flags':>8}")
     for module in rule_modules():

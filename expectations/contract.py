@@ -19,8 +19,10 @@ the row count honest, but they are change capture working, not bad data: no C2 f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 
 import great_expectations as gx
 import polars as pl
@@ -109,7 +111,7 @@ def _exists_column(ref_column: str) -> str:
     return f"{ref_column}__exists"
 
 
-def reference_features(silver: dict[str, pl.DataFrame], table: str) -> pl.DataFrame:
+def reference_features(silver: Mapping[str, pl.DataFrame], table: str) -> pl.DataFrame:
     """One boolean per reference column: does the row it names exist (null when the reference is)."""
     spec = TABLES[table]
     frame = silver[table]
@@ -156,30 +158,51 @@ def silver_checks(table: str) -> list[Check]:
     return checks
 
 
-def contract_suite_flags(validator: Validator, silver: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """Validate every silver table with GX; each unexpected row becomes a C2 or C3 flag."""
+def contract_suite_flags(validator: Validator, silver: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    """Validate every silver table with GX; each unexpected row becomes a C2 or C3 flag.
+
+    A table read source by source (`CitySilver.sharded`: the evidence) is validated from its features
+    built one source at a time, its references checked against that source's tables (references never
+    cross sources), so the suite never holds it for the whole city."""
+    sharded = getattr(silver, "sharded", ())
     flags = [empty_flags()]
     for table, spec in TABLES.items():
-        frame = silver.get(table)
-        if frame is None or frame.is_empty():
-            continue
         checks = silver_checks(table)
-        # Only the columns the checks read (a copy of the whole table per suite would be city-sized).
-        read = [c for ch in checks for c in _detail_columns(ch)]
-        narrow = frame.select(list(dict.fromkeys(["source_id", spec.key, *(r.column for r in spec.references), *read])))
-        features = reference_features({**silver, table: narrow}, table)
-        results = validator.run(f"contract_{table}", features, ["source_id", spec.key], checks)
+        shown = list(dict.fromkeys(c for ch in checks for c in _detail_columns(ch)))
+        if table in sharded:
+            if silver.rows(table) == 0:
+                continue
+            # Of the other tables read source by source, none is needed here: only their ids are read.
+            columns = {**{t: [] for t in sharded}, table: _narrow_columns(table, shown)}
+            features = silver.map_sources(partial(narrow_features, table=table, shown=shown), columns)
+        else:
+            frame = silver.get(table)
+            if frame is None or frame.is_empty():
+                continue
+            features = narrow_features(silver, table, shown)
+        results = validator.run(f"contract_{table}", features, ["source_id", spec.key], checks, keep=shown)
         for res in results:
             if res.success or res.unexpected.is_empty():
                 continue
-            rows = res.unexpected.rename({spec.key: "_eid"}).join(
-                features.select("source_id", pl.col(spec.key).alias("_eid"), *_detail_columns(res.check)),
-                on=["source_id", "_eid"], how="left",
-            ).unique(subset=["source_id", "_eid"], keep="first")
+            rows = res.unexpected.with_columns(pl.col(spec.key).alias("_eid")).unique(
+                subset=["source_id", "_eid"], keep="first")
             detail = _check_detail(res, table)
             flags.append(flag_frame(res.check.rule_id, pl.col("source_id"), res.check.entity_type,
                                     pl.col("_eid"), detail, rows))
     return pl.concat(flags)
+
+
+def _narrow_columns(table: str, shown: list[str]) -> list[str]:
+    """The columns of `table` its suite reads: the ids, the references and the columns the checks are about."""
+    spec = TABLES[table]
+    return list(dict.fromkeys(["source_id", spec.key, *(r.column for r in spec.references), *shown]))
+
+
+def narrow_features(tables: Mapping[str, pl.DataFrame], table: str, shown: list[str]) -> pl.DataFrame:
+    """`reference_features` of `table` over only the columns its suite reads (a copy of the whole table
+    per suite would be city-sized). `tables`: the city's silver, or one source's."""
+    narrow = tables[table].select(_narrow_columns(table, shown))
+    return reference_features({**tables, table: narrow}, table)
 
 
 def _detail_columns(check: Check) -> list[str]:

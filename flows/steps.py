@@ -11,10 +11,9 @@ import os
 import shutil
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
-from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -37,13 +36,13 @@ from flows.state import StageRecord, StateStore, StateUnavailable
 from transforms.dialects import native_tables
 from transforms.merge import replace_children, upsert
 from transforms.normalize import MissingColumnsError, normalize_table
-from transforms.references import resolve_references
-from transforms.schema import QUARANTINE_SCHEMA, TABLES, empty
+from transforms.schema import QUARANTINE_SCHEMA, TABLES
 from warehouse.analysts import refresh_views
 from warehouse.history import previous_partitions
 from warehouse.layout import Layout
 from warehouse.marts import SOURCES_SCHEMA, MartInputs, build_all
 from warehouse.publish import publish
+from warehouse.silver import TABLE_NAMES, CitySilver, by_source
 
 log = logging.getLogger("qingfeng")
 
@@ -311,57 +310,25 @@ def process_source(
 # --------------------------------------------------------------------------------------------------
 
 
-# Free text the cross-source stage does not hold for the whole city: evidence file names (no rule, mart
-# or alert reads them; ~40 bytes an evidence row) and report summaries (F6 alone reads them, through
-# `read_silver_columns`, while it runs; most of the memory of the reports).
-NOT_READ_ACROSS_SOURCES: dict[str, tuple[str, ...]] = {"evidence": ("file_name",), "stage_reports": ("summary",)}
-
-
-def load_silver(layout: Layout, source_ids: list[str]) -> dict[str, pl.DataFrame]:
-    """Every source's silver, one frame per table, without the columns in `NOT_READ_ACROSS_SOURCES`.
-
-    References are resolved (`resolve_references`) as each source is read: they never cross sources, and
-    resolving the whole city at once would hold it twice (before and after the joins)."""
-    tables = (*TABLES, "metrics")
-
-    def one_source(sid: str) -> dict[str, pl.DataFrame]:
-        one = {}
-        for table in tables:
-            path = layout.silver_file(table, sid)
-            if path.exists():
-                skip = NOT_READ_ACROSS_SOURCES.get(table, ())
-                one[table] = pl.read_parquet(path, columns=[c for c in pl.read_parquet_schema(path) if c not in skip])
-        return resolve_references(one)
-
-    parts: dict[str, list[pl.DataFrame]] = {t: [] for t in tables}
-    with ThreadPoolExecutor(max_workers=4) as pool:  # reading and joining release the GIL
-        for one in pool.map(one_source, source_ids):
-            for table, frame in one.items():
-                parts[table].append(frame)
-    return {
-        t: pl.concat(frames) if frames else empty(t).drop(NOT_READ_ACROSS_SOURCES.get(t, ()))
-        for t, frames in parts.items()
-    }
-
-
-def read_silver_columns(layout: Layout, source_ids: list[str], table: str, columns: list[str]) -> pl.DataFrame:
-    """source_id, the table's key and `columns` of `table`, every source (columns `load_silver` leaves out)."""
-    key = TABLES[table].key
-    frames = [pl.read_parquet(path, columns=["source_id", key, *columns])
-              for sid in source_ids if (path := layout.silver_file(table, sid)).exists()]
-    return pl.concat(frames) if frames else empty(table).select("source_id", key, *columns)
-
-
-def freshness(silver: dict[str, pl.DataFrame], registry: Registry, outcomes: dict[str, SourceOutcome]) -> pl.DataFrame:
+def _newest_change(tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """source_id, newest_change (the latest change column value of each table)."""
     newest = [
         frame.group_by("source_id").agg(pl.col(spec.change_column).max().alias("newest_change"))
         for name, spec in TABLES.items()
-        if spec.change_column and not (frame := silver[name]).is_empty()
+        if spec.change_column and name in tables and not (frame := tables[name]).is_empty()
     ]
-    changes = (
-        pl.concat(newest).group_by("source_id").agg(pl.col("newest_change").max())
-        if newest else pl.DataFrame(schema={"source_id": pl.String, "newest_change": TABLES["persons"].columns["updated_at"]})
-    )
+    return pl.concat(newest) if newest else pl.DataFrame(
+        schema={"source_id": pl.String, "newest_change": TABLES["persons"].columns["updated_at"]})
+
+
+def freshness(silver: Mapping[str, pl.DataFrame], registry: Registry, outcomes: dict[str, SourceOutcome]) -> pl.DataFrame:
+    held = {name: silver[name] for name in silver}
+    sharded = [t for t in getattr(silver, "sharded", ()) if t in TABLES and TABLES[t].change_column]
+    newest = [_newest_change(held)]
+    if sharded:
+        newest.append(by_source(silver, lambda one: _newest_change({t: one[t] for t in sharded}),
+                                {t: [TABLES[t].change_column] for t in sharded}))
+    changes = pl.concat(newest).group_by("source_id").agg(pl.col("newest_change").max())
     with_silver = {sid for frame in silver.values() if "source_id" in frame.columns
                    for sid in frame["source_id"].unique().to_list()}
     failed = {sid for sid, o in outcomes.items() if o.status != "ok"}
@@ -402,7 +369,7 @@ def evaluate(
     """Silver across sources with references resolved, and every flag of tonight's rules. With
     `docs_dir`, the Great Expectations Data Docs of every suite run go there."""
     source_ids = [s.id for s in registry.sources]
-    silver = load_silver(layout, source_ids)
+    silver = CitySilver.load(layout, source_ids)
     problems = pl.DataFrame(
         [{"source_id": sid, **p} for sid, o in outcomes.items() for p in o.contract_problems],
         schema={"source_id": pl.String, "table": pl.String, "problem": pl.String},
@@ -416,7 +383,7 @@ def evaluate(
         contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
         deadline_flags(silver, as_of),
-        rule_flags(RuleContext(silver, as_of, partial(read_silver_columns, layout, source_ids)), validator),
+        rule_flags(RuleContext(silver, as_of, silver.read_columns), validator),
     ]).unique(maintain_order=True)
     if docs_dir is not None:
         shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs
@@ -486,7 +453,7 @@ def finish_night(
     state.record(run_id, as_of, [
         *[r for o in outcomes.values() for r in o.records],
         *[StageRecord(sid, "rules", flags=int(flag_counts.get(sid, 0))) for sid in outcomes],
-        StageRecord("*", "rules", rows_in=sum(f.height for f in silver.values()), rows_out=flags.height,
+        StageRecord("*", "rules", rows_in=sum(silver.rows(t) for t in TABLE_NAMES), rows_out=flags.height,
                     flags=flags.height, seconds=t_rules - t0),
         StageRecord("*", "marts", rows_out=sum(m.height for m in marts.values()), seconds=t_marts - t_rules),
     ])

@@ -21,7 +21,7 @@ from expectations.deadline import deadline_flags
 from expectations.gx_runner import Validator
 from transforms.merge import replace_children, upsert
 from transforms.references import dangling, resolve_references
-from transforms.schema import QUARANTINE_SCHEMA, TABLES, empty
+from transforms.schema import METRICS_SCHEMA, QUARANTINE_SCHEMA, TABLES, empty
 
 SH = ZoneInfo("Asia/Shanghai")
 AS_OF = date(2026, 11, 29)
@@ -160,37 +160,108 @@ def test_c1_c2_c4():
     assert sorted(c4["entity_id"].to_list()) == ["late", "old"]
 
 
-def test_load_silver_resolves_each_source_as_the_whole_city_would(tmp_path):
+def _write_silver(layout, sid, tables):
+    for table, f in tables.items():
+        path = layout.silver_file(table, sid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f.write_parquet(path)
+
+
+def test_city_silver_resolves_each_source_as_the_whole_city_would(tmp_path):
     """Silver is read one source at a time with its references resolved (never both the raw and the
     resolved city in memory): the same frames as resolving the whole city at once, minus the free text
-    the cross-source stage never reads."""
-    from flows.steps import NOT_READ_ACROSS_SOURCES, load_silver
+    the cross-source stage never reads. Evidence is not held: it comes source by source, resolved the
+    same way, and asking for it city-wide is an error rather than an empty table."""
     from warehouse.layout import Layout
+    from warehouse.silver import NOT_HELD, CitySilver, ShardedTableError
 
     layout = Layout(tmp_path)
-    one = silver()
+    one = {**silver(), **{t: f for t, f in _evidence_rule_city().items() if t in ("stage_reports", "evidence")}}
     other = {t: f.with_columns(pl.lit("t").alias("source_id")) for t, f in one.items()}
     other["projects"] = other["projects"].with_columns(pl.lit("P9").alias("owner_id"))  # dangling in t
+    other["evidence"] = other["evidence"].with_columns(pl.col("report_id").str.to_lowercase())  # pile → PILE
     for sid, tables in (("s", one), ("t", other)):
-        for table, f in tables.items():
-            path = layout.silver_file(table, sid)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            f.write_parquet(path)
-    loaded = load_silver(layout, ["s", "t", "absent"])
+        _write_silver(layout, sid, tables)
+    loaded = CitySilver.load(layout, ["s", "t", "absent"])
     whole = resolve_references({t: pl.concat([one[t], other[t]]) for t in one})
     for table, frame in whole.items():
-        expected = frame.drop(NOT_READ_ACROSS_SOURCES.get(table, ()))
-        assert loaded[table].sort(TABLES[table].key, "source_id").equals(
-            expected.sort(TABLES[table].key, "source_id")), table
-    assert loaded["evidence"].is_empty() and "file_name" not in loaded["evidence"].columns
+        expected = frame.drop(NOT_HELD.get(table, ()))
+        got = (loaded.by_source(lambda src, table=table: src[table]) if table in loaded.sharded
+               else loaded[table])
+        assert got.sort(TABLES[table].key, "source_id").equals(expected.sort(TABLES[table].key, "source_id")), table
+    assert "evidence" not in loaded
+    with pytest.raises(ShardedTableError, match="by_source"):
+        loaded.get("evidence")
+    counted = loaded.by_source(lambda src: src["evidence"].group_by("source_id").len(),
+                               columns={"evidence": ["kind"]})
+    assert dict(counted.iter_rows()) == {"s": one["evidence"].height, "t": other["evidence"].height}
+    assert loaded.rows("evidence") == one["evidence"].height + other["evidence"].height
+
+
+def _evidence_rule_city() -> dict[str, pl.DataFrame]:
+    """One source's silver on which T1–T5, F2, F4 and F7 each fire at least once."""
+    from datetime import timedelta
+
+    from tests.test_rules_traces import SH, mixed, t1_city
+
+    c = t1_city()  # T1: a pile of 40 items
+    for i in range(40):  # T2: short documents, then one report of 850 pages
+        c.simple(f"R{i:02d}", "interim_result", ["document", "document", "photo", "photo"],
+                 pages=[3 + i % 10, 3 + (i * 7) % 18, None, None])
+    c.simple("PILED", "interim_result", ["document", "document", "document", "photo"], pages=[320, 280, 250, None])
+    c.simple("SHOW", "interim_result", ["photo"] * 5 + ["sign_in_sheet"] * 2 + ["meeting_minutes"] * 2)  # T3
+    c.simple("SAME", "implementation", ["photo"] * 3 + ["document"], sha=["ab" * 32] * 3 + [None],
+             phash=[None] * 4)  # T4
+    c.simple("RUSH", "interim_result", mixed(12), start=datetime(2026, 6, 29, 9, 0, tzinfo=SH),
+             every=timedelta(seconds=40))  # T5
+    c.simple("DONE", "acceptance", ["photo", "photo"])  # F7 once its milestone is completed
+    pid = c.project("COPY")  # F4: the same progress and figures three times in a row
+    again = [c.report(f"AGAIN{i}", pid, c.milestone(f"M-AGAIN{i}", pid, "implementation"),
+                      at=datetime(2026, 5, 1 + 7 * i, 9, 0, tzinfo=SH)) for i in range(3)]
+    tables = c.silver()
+    tables["stage_reports"] = tables["stage_reports"].with_columns(
+        pl.when(pl.col("report_id").is_in(again)).then(40.0).alias("progress_pct"))
+    tables["metrics"] = pl.DataFrame(
+        {"source_id": "s", "report_id": again * 2, "metric_name": ["km"] * 3 + ["households"] * 3,
+         "metric_value": [12.5] * 3 + [310.0] * 3}, schema=METRICS_SCHEMA)
+    tables["milestones"] = tables["milestones"].with_columns(
+        pl.when(pl.col("milestone_id") == "M-DONE").then(pl.col("updated_at")).alias("completed_at"))
+    tables["evidence"] = tables["evidence"].with_columns(  # F2: taken a day after it was uploaded
+        pl.when(pl.col("report_id") == "DONE").then(pl.col("uploaded_at") + timedelta(days=1)).alias("captured_at"))
+    return tables
+
+
+def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path):
+    """`RuleContext.by_source` over a CitySilver (evidence read per source, references resolved per
+    source) gives what the same rules give with every table held at once."""
+    from expectations.rules import rule_flags
+    from expectations.rules.base import RuleContext
+    from warehouse.layout import Layout
+    from warehouse.silver import CitySilver
+
+    layout = Layout(tmp_path)
+    one = _evidence_rule_city()
+    other = {t: f.with_columns(pl.lit("t").alias("source_id")) for t, f in one.items()}
+    other["evidence"] = other["evidence"].with_columns(pl.col("report_id").str.to_lowercase())  # resolves
+    for sid, tables in (("s", one), ("t", other)):
+        _write_silver(layout, sid, tables)
+    city = CitySilver.load(layout, ["s", "t"])
+    held = resolve_references({t: pl.concat([one[t], other[t]]) for t in one})
+    rules = {"T1", "T2", "T3", "T4", "T5", "F2", "F4", "F7"}
+    sharded = rule_flags(RuleContext(city, AS_OF, city.read_columns), Validator(), only=rules)
+    whole = rule_flags(RuleContext(held, AS_OF), Validator(), only=rules)
+    order = ["rule_id", "source_id", "entity_id", "detail"]
+    assert set(whole["rule_id"]) == rules
+    assert set(whole.filter(pl.col("source_id") == "t")["rule_id"]) == rules
+    assert sharded.sort(order).equals(whole.sort(order))
 
 
 def test_a_rule_reads_the_columns_silver_does_not_hold_from_storage(tmp_path):
     """Report summaries are not held for the whole city: `RuleContext.columns` reads them per source when
     a rule asks (F6), joined by key onto the frame the night holds (whose references are resolved)."""
     from expectations.rules.base import RuleContext
-    from flows.steps import load_silver, read_silver_columns
     from warehouse.layout import Layout
+    from warehouse.silver import CitySilver
 
     layout = Layout(tmp_path)
     reports = frame("stage_reports", [
@@ -198,13 +269,10 @@ def test_a_rule_reads_the_columns_silver_does_not_hold_from_storage(tmp_path):
         {"source_id": "s", "report_id": "R2", "project_id": "X1", "summary": None, "updated_at": ts(2026, 11, 1)},
     ])
     tables = {**silver(), "stage_reports": reports}
-    for table, f in tables.items():
-        path = layout.silver_file(table, "s")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f.write_parquet(path)
-    held = load_silver(layout, ["s"])
+    _write_silver(layout, "s", tables)
+    held = CitySilver.load(layout, ["s"])
     assert "summary" not in held["stage_reports"].columns
-    ctx = RuleContext(held, AS_OF, lambda t, c: read_silver_columns(layout, ["s"], t, c))
+    ctx = RuleContext(held, AS_OF, held.read_columns)
     got = ctx.columns("stage_reports", ["report_id", "project_id", "summary"]).sort("report_id")
     assert got.rows() == [("R1", "X1", "第一份"), ("R2", "X1", None)]  # x1 resolved to X1
     with pytest.raises(KeyError, match="summary"):

@@ -120,12 +120,17 @@ def evidence_per_report(evidence: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+# The evidence columns `evidence_per_report` reads.
+EVIDENCE_PER_REPORT_COLUMNS = ["report_id", "kind", "pages"]
+
+
 def reports_with_evidence(
-    reports: pl.DataFrame, milestones: pl.DataFrame, projects: pl.DataFrame, evidence: pl.DataFrame
+    reports: pl.DataFrame, milestones: pl.DataFrame, projects: pl.DataFrame, per_report: pl.DataFrame
 ) -> pl.DataFrame:
-    """Every report (with its stage), and its evidence figures (0 when it has none)."""
+    """Every report (with its stage), and its evidence figures (`per_report`: `evidence_per_report`; 0
+    when it has none)."""
     stages = report_stages(reports, milestones, projects)
-    ev = evidence_per_report(evidence)
+    ev = per_report
     zero = {c: 0 for c in ("n_items", "pages", "n_paged", "n_process", "n_outcome")}
     return stages.join(ev, on=["source_id", "report_id"], how="left").with_columns(
         *[pl.col(c).fill_null(v) for c, v in zero.items()]

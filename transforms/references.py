@@ -13,22 +13,24 @@ from transforms.merge import key_fold
 from transforms.schema import TABLES, Reference
 
 
-def resolve_references(silver: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
-    """Rewrite every reference column to the canonical spelling of its target key (same source)."""
+def resolve_references(silver: dict[str, pl.DataFrame], only: tuple[str, ...] | None = None) -> dict[str, pl.DataFrame]:
+    """Rewrite every reference column to the canonical spelling of its target key (same source); with
+    `only`, the references of those tables alone (the other tables serve as targets)."""
+    rewrite = [n for n in TABLES if n in silver and (only is None or n in only)]
+    targets = {r.table for n in rewrite for r in TABLES[n].references}
     spellings = {
         name: frame.select(
             "source_id", key_fold(TABLES[name].key).alias("_fold"), pl.col(TABLES[name].key).alias("_canon")
         ).unique(subset=["source_id", "_fold"], keep="first")
         for name, frame in silver.items()
-        if name in TABLES
+        if name in targets
     }
     out = dict(silver)
-    for name, spec in TABLES.items():
-        if name not in out:
-            continue
+    for name in rewrite:
+        spec = TABLES[name]
         frame = out[name]
         for ref in spec.references:
-            if ref.table not in spellings:
+            if ref.table not in spellings or ref.column not in frame.columns:
                 continue
             target = spellings[ref.table]
             frame = (

@@ -18,8 +18,8 @@ them (`expectations/settings.py`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import date
 from types import ModuleType
 from typing import Any
@@ -33,18 +33,38 @@ from expectations.gx_runner import Check, Validator
 
 @dataclass(frozen=True)
 class RuleContext:
-    silver: dict[str, pl.DataFrame]  # canonical tables, all sources, references resolved
+    # canonical tables, all sources, references resolved: a plain dict (every table held) or a
+    # `warehouse.silver.CitySilver` (evidence read source by source, through `by_source`)
+    silver: Mapping[str, pl.DataFrame]
     as_of: date
     # Reads columns `silver` does not hold (large free text that one rule reads, e.g. report summaries):
     # (table, columns) -> source_id, the table's key and those columns, for every source. None: `silver`
     # holds every column it has.
     read_columns: Callable[[str, list[str]], pl.DataFrame] | None = None
+    # results of `by_source` kept for the night under a name (T1–T3 share one per-report evidence frame)
+    memo: dict[str, pl.DataFrame] = field(default_factory=dict, compare=False, repr=False)
 
     def table(self, name: str) -> pl.DataFrame:
+        """A held table (every source). The evidence of a `CitySilver` is not held: `by_source`."""
         from transforms.schema import empty
 
         frame = self.silver.get(name)
         return empty(name) if frame is None else frame
+
+    def by_source(self, fn: Callable[[RuleContext], pl.DataFrame], memo: str | None = None,
+                  columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
+        """`fn` over a context of one source at a time (all its tables, evidence included), the results
+        concatenated: how a rule reads evidence. `fn` must reduce within a source (so it is also right
+        over the whole city at once, which is what a plain-dict context does). `columns`: the columns of
+        a sharded table `fn` reads (all by default). `memo`: keep the result under that name."""
+        from warehouse.silver import by_source
+
+        if memo is not None and memo in self.memo:
+            return self.memo[memo]
+        out = by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of)), columns)
+        if memo is not None:
+            self.memo[memo] = out
+        return out
 
     def columns(self, name: str, columns: list[str]) -> pl.DataFrame:
         """`columns` of a table, the ones `silver` does not hold read from storage (`read_columns`)."""
@@ -59,6 +79,14 @@ class RuleContext:
         keys = ["source_id", TABLES[name].key]
         held = list(dict.fromkeys([*keys, *(c for c in columns if c not in absent)]))
         return frame.select(held).join(self.read_columns(name, absent), on=keys, how="left").select(columns)
+
+
+def evidence_figures_per_report(ctx: RuleContext) -> pl.DataFrame:
+    """`transforms.features_traces.evidence_per_report`, source by source (evidence is not held)."""
+    from transforms.features_traces import EVIDENCE_PER_REPORT_COLUMNS, evidence_per_report
+
+    return ctx.by_source(lambda one: evidence_per_report(one.table("evidence")),
+                         columns={"evidence": EVIDENCE_PER_REPORT_COLUMNS})
 
 
 def within_threshold(rule_id: str, entity_type: str, value_column: str, note: str) -> Check:

@@ -50,6 +50,11 @@ def _days(a: pl.Expr, b: pl.Expr) -> pl.Expr:
 
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
+    # Each item is judged against its own report and project: source by source, as the evidence is read.
+    return ctx.by_source(lambda one: _source_features(one, params), columns={"evidence": ["report_id", "kind", "captured_at", "uploaded_at"]})
+
+
+def _source_features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     reports = ctx.table("stage_reports").select("source_id", "report_id", "project_id", "submitted_at").unique(
         subset=["source_id", "report_id"], keep="first")
     projects = ctx.table("projects").select("source_id", "project_id", "planned_start").unique(

@@ -30,6 +30,12 @@ PARAMS: dict[str, Param] = {
 
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
+    # A project's reports and their metrics are all in its source: source by source, as metrics are read.
+    return ctx.by_source(lambda one: _source_features(one, params),
+                         columns={"metrics": ["report_id", "metric_name", "metric_value"]})
+
+
+def _source_features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     metrics = (
         ctx.table("metrics").filter(pl.col("metric_value").is_not_null())
         .sort("source_id", "report_id", "metric_name", "metric_value")

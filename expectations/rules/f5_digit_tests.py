@@ -63,8 +63,8 @@ def values(ctx: RuleContext, entity_column: str = ENTITY_COLUMN) -> pl.DataFrame
     )
 
 
-def digit_features(vals: pl.DataFrame, keys: list[str], params: dict) -> pl.DataFrame:
-    prof = digit_profile(vals, keys)
+def digit_features(prof: pl.DataFrame, keys: list[str], params: dict) -> pl.DataFrame:
+    """The tests over every entity's digit counts (`digit_profile`): the yardsticks are the city's."""
     if prof.is_empty():
         return prof
     fd = prof.select([f"fd{k}" for k in range(1, 10)]).to_numpy().astype(np.float64)
@@ -123,8 +123,11 @@ def digit_features(vals: pl.DataFrame, keys: list[str], params: dict) -> pl.Data
 
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
-    vals = values(ctx).rename({ENTITY_COLUMN: ID_COLUMN})
-    return digit_features(vals, ["source_id", ID_COLUMN], params)
+    keys = ["source_id", ID_COLUMN]
+    # A person's numbers are all in their source: their digit counts are made source by source.
+    prof = ctx.by_source(lambda one: digit_profile(values(one).rename({ENTITY_COLUMN: ID_COLUMN}), keys),
+                         columns={"metrics": ["report_id", "metric_value"]})
+    return digit_features(prof, keys, params)
 
 
 def checks(params: dict) -> list[Check]:

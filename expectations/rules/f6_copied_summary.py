@@ -18,7 +18,7 @@ Method (scales to millions of reports; no all-pairs):
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 import great_expectations as gx
 import numpy as np
@@ -43,9 +43,6 @@ from transforms.features_fabrication import (
 RULE_ID = "F6"
 ENTITY_TYPE = "report"
 ID_COLUMN = "report_id"
-
-# Batches sketched at the same time (not a threshold: the flags do not depend on it).
-SKETCH_THREADS = 2
 
 PARAMS: dict[str, Param] = {
     "shingle_k": Param(5, "Five characters is about two Chinese words: long enough that two unrelated "
@@ -81,66 +78,92 @@ PARAMS: dict[str, Param] = {
 }
 
 
-def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
-    reports = (
-        ctx.columns("stage_reports", ["source_id", "report_id", "project_id", "submitted_at", "summary"])
+_JUDGED = ["source_id", "report_id", "project_id", "submitted_at", "summary"]
+_SHINGLES = {"doc": pl.Int64, "h": pl.UInt64}
+
+
+def _judged(one: RuleContext) -> pl.DataFrame:
+    """The reports of one source F6 can judge: with a project and a summary."""
+    return (
+        one.columns("stage_reports", _JUDGED)
         .filter(pl.col("project_id").is_not_null() & pl.col("summary").is_not_null())
         .unique(subset=["source_id", "report_id"], keep="first")
+    )
+
+
+def _over_texts(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, max_chars: int,
+                each: Callable[[np.ndarray, pl.Series], pl.DataFrame], schema: dict) -> pl.DataFrame:
+    """`each(doc numbers, cleaned texts)` over the reports `docs` (sorted doc numbers of `reports`),
+    source by source: the city's summaries are read where they are stored, never held together."""
+    wanted = reports.select("doc", "source_id", "report_id")[docs].partition_by("source_id", as_dict=True)
+
+    def per_source(one: RuleContext) -> pl.DataFrame:
+        judged = _judged(one).select("source_id", "report_id", "summary")
+        parts = [wanted[(sid,)] for sid in judged["source_id"].unique().to_list() if (sid,) in wanted]
+        if not parts:
+            return pl.DataFrame(schema=schema)
+        part = pl.concat(parts).join(judged, on=["source_id", "report_id"]).sort("doc")
+        texts = part.select(normalize_text("summary").str.slice(0, max_chars)).to_series()
+        return each(part["doc"].to_numpy(), texts)
+
+    return ctx.by_source(per_source, columns={"stage_reports": ["summary"]})
+
+
+def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
+    reports = (
+        ctx.by_source(lambda one: _judged(one).drop("summary"), columns={"stage_reports": ["summary"]})
         .sort("submitted_at", "source_id", "report_id", nulls_last=True)
         .with_row_index("doc")
     )
     n = reports.height
     if n < 2:
         return pl.DataFrame()
-    k = params["shingle_k"]
-    summaries = reports["summary"]
-    reports = reports.drop("summary")
-    max_chars = params["max_chars"]
+    k, max_chars, chunk = params["shingle_k"], params["max_chars"], params["chunk_docs"]
 
-    def texts(docs: slice | np.ndarray) -> pl.Series:
-        """The cleaned text of these reports, made when needed: the city's summaries are not copied."""
-        part = summaries.slice(docs.start, docs.stop - docs.start) if isinstance(docs, slice) else summaries.gather(docs)
-        return part.to_frame().select(normalize_text("summary").str.slice(0, max_chars)).to_series()
+    def shingles(stop: np.ndarray | None) -> Callable[[np.ndarray, pl.Series], pl.DataFrame]:
+        def each(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
+            parts = []
+            for lo in range(0, len(texts), chunk):  # the working arrays of shingling: ~30 bytes a character
+                d, h = shingle_hashes(texts.slice(lo, chunk), k)
+                if stop is not None:
+                    d, h = drop_shingles(d, h, stop)
+                parts.append(pl.DataFrame({"doc": docs[lo + d], "h": h}, schema=_SHINGLES))
+            return pl.concat(parts) if parts else pl.DataFrame(schema=_SHINGLES)
+        return each
 
     rng = np.random.default_rng(20261129)
     sample = np.sort(rng.choice(n, min(n, params["df_sample_docs"]), replace=False))
-    sd, sh = shingle_hashes(texts(sample), k)
-    stop = boilerplate_shingles(sd, sh, len(sample), params["max_df_share"], params["min_df_docs"])
+    sampled = _over_texts(ctx, reports, sample, max_chars, shingles(None), _SHINGLES)
+    stop = boilerplate_shingles(sampled["doc"].to_numpy(), sampled["h"].to_numpy(), len(sample),
+                                params["max_df_share"], params["min_df_docs"])
+    del sampled
 
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
     live = np.zeros(n, dtype=bool)
 
-    def sketch(lo: int) -> None:
-        hi = min(n, lo + params["chunk_docs"])
-        d, h = drop_shingles(*shingle_hashes(texts(slice(lo, hi)), k), stop)
-        # specific shingles a report (occurrences: a 5-gram rarely repeats within one summary)
-        ok = np.bincount(d, minlength=hi - lo) >= params["min_shingles"]
-        sel = ok[d] if len(d) else np.zeros(0, dtype=bool)
-        sig = minhash_signatures(d[sel], h[sel], hi - lo, bins)
-        keys[lo:hi] = band_keys(sig, rpb)
-        live[lo:hi] = ok
+    def sketch(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
+        """Each report's LSH band keys, written into `keys` at its doc number (sources never share one)."""
+        for lo in range(0, len(texts), chunk):
+            part = docs[lo:lo + chunk]
+            d, h = drop_shingles(*shingle_hashes(texts.slice(lo, chunk), k), stop)
+            # specific shingles a report (occurrences: a 5-gram rarely repeats within one summary)
+            ok = np.bincount(d, minlength=len(part)) >= params["min_shingles"]
+            sel = ok[d] if len(d) else np.zeros(0, dtype=bool)
+            keys[part] = band_keys(minhash_signatures(d[sel], h[sel], len(part), bins), rpb)
+            live[part] = ok
+        return pl.DataFrame({"sketched": [len(docs)]})
 
-    # Batches are independent and their numpy and Polars work releases the GIL: two at a time use both
-    # cores of a small machine (memory: two batches' arrays).
-    with ThreadPoolExecutor(max_workers=SKETCH_THREADS) as pool:
-        list(pool.map(sketch, range(0, n, params["chunk_docs"])))
+    _over_texts(ctx, reports, np.arange(n), max_chars, sketch, {"sketched": pl.Int64})
 
     i, j = lsh_candidate_pairs(keys, live, params["max_bucket"])  # i < j: i is the earlier report
     if len(i) == 0:
         return pl.DataFrame()
     project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").alias("p"))["p"].to_numpy()
-    docs = np.unique(np.r_[i, j])
-    # The candidates' shingles again, batch by batch like the sketches (the working arrays of shingling
-    # hold about 30 bytes a character: hundreds of thousands of candidates at once would need gigabytes).
-    batches = []
-    for lo in range(0, len(docs), params["chunk_docs"]):
-        bd, bh = drop_shingles(*shingle_hashes(texts(docs[lo:lo + params["chunk_docs"]]), k), stop)
-        batches.append((bd + lo, bh))
-    d, h = np.concatenate([bd for bd, _ in batches]), np.concatenate([bh for _, bh in batches])
-    del batches
-    sdoc, sh = shingle_sets(docs[d], h)
-    del d, h
+    # The candidates' shingles again, source by source and batch by batch like the sketches.
+    candidates = _over_texts(ctx, reports, np.unique(np.r_[i, j]), max_chars, shingles(stop), _SHINGLES)
+    sdoc, sh = shingle_sets(candidates["doc"].to_numpy(), candidates["h"].to_numpy())
+    del candidates
     jac = jaccard_pairs(sdoc, sh, i, j)
     ids, counts = np.unique(sdoc, return_counts=True)
     n_sh = pl.DataFrame({"doc": ids, "len": counts}, schema={"doc": pl.Int64, "len": pl.UInt32})

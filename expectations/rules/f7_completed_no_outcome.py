@@ -33,6 +33,11 @@ PARAMS: dict[str, Param] = {
 
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
+    # A milestone's reports and their evidence are all in its source: source by source, as the evidence is read.
+    return ctx.by_source(lambda one: _source_features(one, params), columns={"evidence": ["report_id", "kind"]})
+
+
+def _source_features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     reports = ctx.table("stage_reports").filter(pl.col("milestone_id").is_not_null())
     ev = ctx.table("evidence")
     per_report = ev.group_by("source_id", "report_id").agg(

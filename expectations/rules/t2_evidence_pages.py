@@ -13,7 +13,7 @@ from typing import Any
 import polars as pl
 
 from expectations.gx_runner import Check
-from expectations.rules.base import RuleContext, within_threshold
+from expectations.rules.base import RuleContext, evidence_figures_per_report, within_threshold
 from expectations.settings import Param
 from transforms.features_traces import fence_detail_fields, reports_with_evidence, robust_fence
 
@@ -58,7 +58,8 @@ PARAMS: dict[str, Param] = {
 
 def features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
     frame = reports_with_evidence(
-        ctx.table("stage_reports"), ctx.table("milestones"), ctx.table("projects"), ctx.table("evidence")
+        ctx.table("stage_reports"), ctx.table("milestones"), ctx.table("projects"),
+        evidence_figures_per_report(ctx),
     )
     return robust_fence(
         frame, "pages", scale=params["scale"], k=params["fence_k"], min_group_unit=params["min_group_unit"],

@@ -51,6 +51,11 @@ PARAMS: dict[str, Param] = {
 
 
 def features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
+    # Files are compared within one report: source by source, as the evidence is read.
+    return ctx.by_source(lambda one: _source_features(one, params), columns={"evidence": ["report_id", "sha256", "phash"]})
+
+
+def _source_features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
     d = int(params["max_hamming"])
     evidence = ctx.table("evidence")
     sha = pl.col("sha256").str.strip_chars().str.to_lowercase()

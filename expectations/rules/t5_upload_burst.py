@@ -50,6 +50,11 @@ _KEYS = ["source_id", "report_id"]
 
 
 def features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
+    # A burst is a window of one report's uploads: source by source, as the evidence is read.
+    return ctx.by_source(lambda one: _source_features(one, params), columns={"evidence": ["report_id", "uploaded_at"]})
+
+
+def _source_features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
     reports = ctx.table("stage_reports")
     ev, index = evidence_by_report_index(ctx.table("evidence"), reports, ["uploaded_at"])
     stages = (

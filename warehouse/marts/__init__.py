@@ -7,7 +7,7 @@ Every mart lives in its own module (`dq_flags`, `project_health`, `person_portra
   output has exactly these columns with exactly these dtypes (see `conform`), and the data dictionary
   is generated from them.
 * `KEYS`: the columns that identify a row (the grain); the output is stably sorted by them.
-* `build(ctx: MartInputs) -> pl.DataFrame`: pure (no I/O, no Prefect), vectorized, deterministic.
+* `build(ctx: MartInputs) -> pl.DataFrame`: pure (no I/O of its own, no Prefect), vectorized, deterministic.
 
 `MARTS` maps a nightly mart's name to its builder, `MODULES` to its module; `build_all(ctx)` builds every
 nightly mart. `spot_checks` (in `DRAWN_MODULES`) is drawn on demand by `qingfeng sample`, not nightly.
@@ -29,8 +29,8 @@ Shared conventions (used by several marts, so they are defined once here):
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date
 from types import ModuleType
 
@@ -38,6 +38,7 @@ import polars as pl
 
 from expectations.catalog import FLAG_SCHEMA
 from transforms.schema import OUTCOME_EVIDENCE, STAGES, TIMESTAMP, empty
+from warehouse.silver import by_source
 
 SOURCES_SCHEMA: dict[str, pl.DataType] = {
     "source_id": pl.String(),
@@ -54,7 +55,9 @@ class MartInputs:
     """Everything a mart builder may read. Builders must not mutate any of it."""
 
     as_of: date
-    silver: dict[str, pl.DataFrame]  # all sources concatenated; schema.py schemas, source_id first
+    # all sources concatenated; schema.py schemas, source_id first. The pipeline passes a
+    # `warehouse.silver.CitySilver`, which holds every table but evidence: read that through `by_source`.
+    silver: Mapping[str, pl.DataFrame]
     flags: pl.DataFrame  # catalog.FLAG_SCHEMA
     sources: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SOURCES_SCHEMA))
     supervision_email: str = ""
@@ -64,11 +67,22 @@ class MartInputs:
     # the alert outbox (flows.outbox.outbox_frame): tonight's alerts with raised_at/sent_at; None: alerts
     # are computed from the flags, all pending.
     outbox: pl.DataFrame | None = None
+    # `evidence_by_report(ctx)` when already read for these silver and flags (`build_all` reads it once
+    # for every mart); None: read when a builder needs it.
+    evidence_by_report: pl.DataFrame | None = None
 
     def table(self, name: str) -> pl.DataFrame:
-        """A silver table, or an empty frame with its schema when the run has none."""
+        """A silver table, or an empty frame with its schema when the run has none. Not evidence: the
+        city's evidence is not held (`by_source`)."""
         df = self.silver.get(name)
         return empty(name) if df is None else df
+
+    def by_source(self, fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame],
+                  columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
+        """`fn` over the silver of one source at a time (evidence included; only `columns` of the tables
+        named there), the results concatenated: how a mart reads evidence, reducing it within a source
+        to what it needs (see `warehouse.silver.by_source`)."""
+        return by_source(self.silver, fn, columns)
 
     def flag_frame(self) -> pl.DataFrame:
         return self.flags if self.flags is not None else pl.DataFrame(schema=FLAG_SCHEMA)
@@ -162,12 +176,57 @@ def reports_as_of(ctx: MartInputs) -> pl.DataFrame:
     return r.filter(local_date("submitted_at") <= pl.lit(ctx.as_of, dtype=pl.Date()))
 
 
+def source_table(one: dict[str, pl.DataFrame], name: str) -> pl.DataFrame:
+    """A table of the silver `by_source` hands to its function, or an empty frame with its schema when
+    the source has none."""
+    df = one.get(name)
+    return empty(name) if df is None else df
+
+
+def evidence_by_report(ctx: MartInputs) -> pl.DataFrame:
+    """What the marts read of the city's evidence: one row per report with outcome evidence (document,
+    ledger) or with evidence items the flags name — source_id, report_id, has_outcome, flagged_evidence
+    (the ids of those items).
+
+    Reduced within each source (`by_source`), so that the reports cross sources, not the city's millions
+    of evidence items. Each reading is a pass over all of them: `ctx.evidence_by_report` when `build_all`
+    has read it for every mart."""
+    if ctx.evidence_by_report is not None:
+        return ctx.evidence_by_report
+    flagged = (
+        ctx.flag_frame()
+        .filter(pl.col("entity_type") == "evidence")
+        .select("source_id", evidence_id=pl.col("entity_id"), is_flagged=pl.lit(True))
+        .unique()
+    )
+
+    def reduce(one: dict[str, pl.DataFrame]) -> pl.DataFrame:
+        return (
+            source_table(one, "evidence")
+            .select("source_id", "evidence_id", "report_id", "kind")
+            .join(flagged, on=["source_id", "evidence_id"], how="left")
+            .with_columns(
+                pl.col("is_flagged").fill_null(False),
+                is_outcome=pl.col("kind").is_in(list(OUTCOME_EVIDENCE)),
+            )
+            .filter(pl.col("is_flagged") | pl.col("is_outcome"))
+            .group_by("source_id", "report_id")
+            .agg(
+                has_outcome=pl.col("is_outcome").any(),
+                flagged_evidence=pl.col("evidence_id").filter(pl.col("is_flagged")),
+            )
+        )
+
+    return ctx.by_source(reduce, columns={"evidence": ["report_id", "kind"]})
+
+
 def entity_projects(ctx: MartInputs, only: pl.DataFrame | None = None) -> pl.DataFrame:
     """source_id, entity_type, entity_id -> project_id for projects, milestones, stage reports and evidence
     (evidence -> report -> project), within one source. One row per entity.
 
-    With `only` (source_id, entity_type, entity_id: the flags), just the entities it names: a city has
-    millions of evidence items and a night some thousands of flags."""
+    With `only` (source_id, entity_type, entity_id: ctx.flags, or some of them), just the entities it
+    names: a city has millions of evidence items and a night some thousands of flags, so the flagged
+    items come from `evidence_by_report`."""
 
     def named(frame: pl.DataFrame, entity_type: str, id_column: str) -> pl.DataFrame:
         if only is None:
@@ -176,14 +235,26 @@ def entity_projects(ctx: MartInputs, only: pl.DataFrame | None = None) -> pl.Dat
             "source_id", pl.col("entity_id").alias(id_column)).unique()
         return frame.join(wanted, on=["source_id", id_column], how="semi")
 
+    def evidence_reports(one: dict[str, pl.DataFrame]) -> pl.DataFrame:
+        return source_table(one, "evidence").select("source_id", "evidence_id", "report_id")
+
     pj = named(ctx.table("projects").select("source_id", "project_id"), "project", "project_id").select(
         "source_id", entity_id=pl.col("project_id"), project_id=pl.col("project_id"))
     ms = named(ctx.table("milestones").select("source_id", "milestone_id", "project_id"), "milestone",
                "milestone_id").select("source_id", pl.col("milestone_id").alias("entity_id"), "project_id")
     rp = ctx.table("stage_reports").select("source_id", "report_id", "project_id")
+    if only is None:
+        evidence = ctx.by_source(evidence_reports, columns={"evidence": ["report_id"]})
+    else:
+        flagged = (
+            evidence_by_report(ctx)
+            .select("source_id", "report_id", evidence_id="flagged_evidence")
+            .explode("evidence_id")
+            .drop_nulls("evidence_id")
+        )
+        evidence = named(flagged, "evidence", "evidence_id")
     ev = (
-        named(ctx.table("evidence").select("source_id", "evidence_id", "report_id"), "evidence", "evidence_id")
-        .join(rp, on=["source_id", "report_id"], how="inner")
+        evidence.join(rp, on=["source_id", "report_id"], how="inner")
         .select("source_id", pl.col("evidence_id").alias("entity_id"), "project_id")
     )
     return (
@@ -282,13 +353,8 @@ def project_facts(ctx: MartInputs) -> pl.DataFrame:
         stage_rank=pl.col("stage").replace_strict(stage_rank, default=len(STAGES), return_dtype=pl.Int64)
     )
     reports = reports_as_of(ctx).with_columns(submitted_on=local_date("submitted_at"))
-    outcome = (
-        ctx.table("evidence")
-        .filter(pl.col("kind").is_in(list(OUTCOME_EVIDENCE)))
-        .select("source_id", "report_id")
-        .unique()
-        .with_columns(has_outcome=pl.lit(True))
-    )
+    outcome = evidence_by_report(ctx).filter(pl.col("has_outcome")).select(
+        "source_id", "report_id", "has_outcome")
     per_report_ms = (
         reports.filter(pl.col("milestone_id").is_not_null())
         .join(outcome, on=["source_id", "report_id"], how="left")
@@ -384,7 +450,8 @@ MART_KEYS: dict[str, tuple[str, ...]] = {name: m.KEYS for name, m in ALL_MODULES
 
 
 def build_all(ctx: MartInputs) -> dict[str, pl.DataFrame]:
-    """Every nightly mart, in registry order."""
+    """Every nightly mart, in registry order, over one reading of the evidence (`evidence_by_report`)."""
+    ctx = replace(ctx, evidence_by_report=evidence_by_report(ctx))
     return {name: build(ctx) for name, build in MARTS.items()}
 
 
@@ -412,8 +479,10 @@ __all__ = [
     "mask_pii",
     "milestone_facts",
     "entity_projects",
+    "evidence_by_report",
     "previous",
     "project_facts",
     "project_flags",
     "reports_as_of",
+    "source_table",
 ]

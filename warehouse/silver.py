@@ -1,0 +1,182 @@
+"""The city's silver as the cross-source stage reads it: most tables held in memory, the evidence read
+source by source.
+
+Evidence is most of the city (16 M of 22 M silver rows at 96 sources × 5,000 projects) and nothing
+about it crosses sources except figures already reduced to a report, a file hash or a project. So
+the evidence table is never held for the whole city: a rule, a check or a mart that needs it asks
+`by_source(fn)` for `fn` over one source at a time (that source's tables, evidence included, references
+resolved) and gets the results concatenated. Memory then holds one source's evidence per worker thread
+plus the reduced results, whatever the size of the city.
+
+Every other table is held: it is read once, one source at a time, with its references resolved within
+that source (references never cross sources), and concatenated without copying, so the per-source
+frames `by_source` hands out share memory with the city frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+
+import polars as pl
+
+from transforms.references import resolve_references
+from transforms.schema import TABLES, empty
+from warehouse.layout import Layout
+
+TABLE_NAMES = (*TABLES, "metrics")
+# Read source by source, never held for the whole city: evidence (16 M rows at 96 × 5,000) and report
+# metrics (8 M), whose rules (T1–T5, F1, F2, F4, F5, F7) reduce them within a source.
+SHARDED_TABLES = ("evidence", "metrics")
+# Free text that is not held for the whole city: evidence file names (no rule, mart or alert reads them;
+# ~40 bytes an evidence row) and report summaries (F6 alone reads them, through `read_columns`, while it
+# runs; most of the memory of the reports).
+NOT_HELD: dict[str, tuple[str, ...]] = {"evidence": ("file_name",), "stage_reports": ("summary",)}
+THREADS = 4  # reading Parquet and joining release the GIL
+
+
+class ShardedTableError(KeyError):
+    def __str__(self) -> str:
+        return (f"silver table {self.args[0]!r} is read source by source, not held for the whole city: "
+                "reduce it per source with by_source(fn)")
+
+
+class CitySilver(Mapping[str, pl.DataFrame]):
+    """Mapping of the held tables (table → every source's rows); `by_source` for the sharded ones."""
+
+    def __init__(self, layout: Layout, source_ids: list[str], parts: dict[str, dict[str, pl.DataFrame]],
+                 sharded: tuple[str, ...] = SHARDED_TABLES):
+        self.layout = layout
+        self.source_ids = list(source_ids)
+        self.sharded = sharded
+        self._parts = parts  # table -> source_id -> frame
+        self._city = {
+            t: pl.concat(list(by_sid.values()), rechunk=False) if by_sid else empty(t).drop(NOT_HELD.get(t, ()))
+            for t, by_sid in parts.items()
+        }
+
+    @classmethod
+    def load(cls, layout: Layout, source_ids: list[str], sharded: tuple[str, ...] = SHARDED_TABLES) -> CitySilver:
+        """Read every held table of every source, references resolved per source."""
+        held = [t for t in TABLE_NAMES if t not in sharded]
+
+        def one_source(sid: str) -> dict[str, pl.DataFrame]:
+            one = {}
+            for table in held:
+                path = layout.silver_file(table, sid)
+                if path.exists():
+                    skip = NOT_HELD.get(table, ())
+                    one[table] = pl.read_parquet(path, columns=[c for c in pl.read_parquet_schema(path) if c not in skip])
+            return resolve_references(one)
+
+        parts: dict[str, dict[str, pl.DataFrame]] = {t: {} for t in held}
+        with ThreadPoolExecutor(max_workers=THREADS) as pool:
+            for sid, one in zip(source_ids, pool.map(one_source, source_ids), strict=True):
+                for table, frame in one.items():
+                    parts[table][sid] = frame
+        return cls(layout, source_ids, parts, sharded)
+
+    # ------------------------------------------------------------------------------ the held tables
+
+    def __getitem__(self, name: str) -> pl.DataFrame:
+        if name in self.sharded:
+            raise ShardedTableError(name)
+        return self._city[name]
+
+    def get(self, name: str, default=None):  # noqa: ANN001 — Mapping.get, but a sharded table raises
+        if name in self.sharded:
+            raise ShardedTableError(name)
+        return self._city.get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._city)
+
+    def __len__(self) -> int:
+        return len(self._city)
+
+    # ------------------------------------------------------------------------------ source by source
+
+    def source(self, sid: str, columns: dict[str, list[str]] | None = None) -> dict[str, pl.DataFrame]:
+        """One source's tables: the held ones as held (plus the columns of `columns[table]` they do not
+        hold, read now and joined by key), the sharded ones read now (all their columns but `NOT_HELD`, or
+        `columns[table]`), references resolved."""
+        one = {t: by_sid[sid] for t, by_sid in self._parts.items() if sid in by_sid}
+        for table, wanted in (columns or {}).items():
+            if table in self.sharded or table not in one:
+                continue
+            if absent := [c for c in wanted if c not in one[table].columns]:
+                key = TABLES[table].key
+                extra = pl.read_parquet(self.layout.silver_file(table, sid), columns=[key, *absent])
+                one[table] = one[table].join(extra, on=key, how="left", maintain_order="left")
+        for table in self.sharded:
+            path = self.layout.silver_file(table, sid)
+            wanted = (columns or {}).get(table)
+            schema = pl.read_parquet_schema(path) if path.exists() else empty(table).schema
+            skip = NOT_HELD.get(table, ())
+            names = [c for c in schema if c not in skip] if wanted is None else [c for c in wanted if c in schema]
+            names = list(dict.fromkeys(["source_id", *_key(table), *names]))
+            frame = pl.read_parquet(path, columns=names) if path.exists() else empty(table).select(names)
+            one[table] = _resolved(table, frame, one)
+        return one
+
+    def map_sources(self, fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame | None],
+                    columns: dict[str, list[str]] | None = None) -> Iterator[pl.DataFrame]:
+        """`fn` over each source in turn (`source`), yielded in source order as they are ready: a few
+        sources at a time are read ahead, never the whole city."""
+        def run(sid: str) -> pl.DataFrame | None:
+            return fn(self.source(sid, columns))
+
+        with ThreadPoolExecutor(max_workers=THREADS) as pool:
+            ids = iter(self.source_ids)
+            while window := list(islice(ids, THREADS)):
+                for result in pool.map(run, window):
+                    if result is not None:
+                        yield result
+
+    def by_source(self, fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame],
+                  columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
+        """`fn` over each source (`source`), the results concatenated. With no source at all, `fn` over
+        empty tables (so the result has its columns)."""
+        results = list(self.map_sources(fn, columns))
+        if not results:
+            return fn({t: empty(t) for t in TABLE_NAMES})
+        return pl.concat(results, how="vertical_relaxed")
+
+    def read_columns(self, table: str, columns: list[str]) -> pl.DataFrame:
+        """source_id, the table's key and `columns` of `table`, every source (columns not held)."""
+        key = TABLES[table].key
+        frames = [pl.read_parquet(path, columns=["source_id", key, *columns])
+                  for sid in self.source_ids if (path := self.layout.silver_file(table, sid)).exists()]
+        return pl.concat(frames) if frames else empty(table).select("source_id", key, *columns)
+
+    def rows(self, table: str) -> int:
+        """Rows of a table over the city (a sharded one from its Parquet metadata)."""
+        if table not in self.sharded:
+            return self._city[table].height if table in self._city else 0
+        return sum(pl.scan_parquet(p).select(pl.len()).collect().item()
+                   for sid in self.source_ids if (p := self.layout.silver_file(table, sid)).exists())
+
+
+def _key(table: str) -> list[str]:
+    return [TABLES[table].key] if table in TABLES else []
+
+
+def _resolved(table: str, frame: pl.DataFrame, one: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """`frame`'s references spelled as the rows they name in `one` (only the targets it has)."""
+    if table not in TABLES:  # metrics: keyed by their report, which `resolve_references` leaves as is
+        return frame
+    targets = {ref.table for ref in TABLES[table].references if ref.table in one}
+    if not targets or frame.is_empty():
+        return frame
+    return resolve_references({table: frame, **{t: one[t] for t in targets}}, only=(table,))[table]
+
+
+def by_source(silver: Mapping[str, pl.DataFrame], fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame],
+              columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
+    """`fn` source by source over a `CitySilver`; over any other mapping (every table held, as tests and
+    small tools build it) `fn` over all of it at once: functions given here reduce within a source, so
+    the whole city is a valid input for them."""
+    if isinstance(silver, CitySilver):
+        return silver.by_source(fn, columns)
+    return fn(dict(silver))
