@@ -276,3 +276,51 @@ def test_jaccard_of_candidate_pairs_does_not_depend_on_the_batching():
     assert np.allclose(whole, direct)
     for size in (1, 7, 499):
         assert np.array_equal(jaccard_pairs(doc, h, a, b, pairs_per_batch=size), whole)
+
+
+def test_f1_photos_held_once_still_meet_through_near_links(validator):
+    """F1 keeps, of the city's unique files and photos, only what can matter: a photo held by one row
+    is still the original of a near copy in another project, and the near copy is still flagged."""
+    projects = [project("X1"), project("X2", unit="U2"), project("X3", unit="U3")]
+    reports = [report("R1", "X1", ts(5)), report("R2", "X2", ts(9)), report("R3", "X3", ts(12))]
+    ev = [
+        evidence("E1", "R1", "photo", ts(4), "1" * 64, "f0f0f0f0f0f0f0f0"),   # held once: the original
+        evidence("E2", "R2", "photo", ts(8), "2" * 64, "f0f0f0f0f0f0f0f1"),   # 1 bit away, another project
+        evidence("E3", "R3", "photo", ts(11), "3" * 64, "0f0f0f0f0f0f0f0f"),  # unrelated, held once
+        evidence("E4", "R3", "sign_in_sheet", ts(11), "4" * 64),              # unique file
+    ]
+    silver = {"projects": frame("projects", projects), "stage_reports": frame("stage_reports", reports),
+              "evidence": frame("evidence", ev)}
+    got = flagged(run(f1, silver, validator))
+    assert set(got) == {"E2"}
+    assert got["E2"]["match"] == "phash" and got["E2"]["hamming_to_original"] == 1
+    assert got["E2"]["original_evidence_id"] == "E1" and got["E2"]["content_projects"] == 2
+
+    # Thresholds of 1 project and 1 unit make every content distributed material: nothing is judged.
+    params = {**rule_params("F1", f1.PARAMS), "broadcast_min_projects": 1, "broadcast_min_units": 1}
+    assert run_rule(f1, RuleContext(silver, AS_OF), validator, params).is_empty()
+
+
+def test_group_summary_firsts_by_time_then_row():
+    """`group_summary` against a direct reading: per group the first row (by time, then row), the first
+    row of the second project to appear, and the counts; ties in time are broken by row."""
+    from transforms.features_fabrication import group_summary
+
+    rng = np.random.default_rng(3)
+    n = 400
+    rows = pl.DataFrame({
+        "grp": rng.integers(0, 30, n), "row": rng.permutation(n), "project": rng.integers(0, 6, n),
+        "unit": rng.integers(0, 3, n), "t": rng.integers(0, 20, n), "note": ["x"] * n,
+    }).with_columns(pl.col("grp").cast(pl.Int128))
+    got = {r["grp"]: r for r in group_summary(rows).iter_rows(named=True)}
+    assert set(got) == set(rows["grp"].to_list())
+    for grp, part in rows.partition_by("grp", as_dict=True).items():
+        ordered = part.sort("t", "row").to_dicts()
+        first = ordered[0]
+        second = next((r for r in ordered if r["project"] != first["project"]), None)
+        s = got[grp[0]]
+        assert (s["row1"], s["project1"], s["t1"]) == (first["row"], first["project"], first["t"])
+        assert (s["row2"], s["project2"], s["t2"]) == ((second["row"], second["project"], second["t"]) if second
+                                                       else (None, None, None))
+        assert (s["n_projects"], s["n_units"], s["n_rows"]) == (part["project"].n_unique(), part["unit"].n_unique(),
+                                                                part.height)

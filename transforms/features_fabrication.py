@@ -126,13 +126,17 @@ def near_pairs(values: np.ndarray, max_dist: int, max_bucket: int = 2000) -> tup
 
 
 def group_summary(rows: pl.DataFrame) -> pl.DataFrame:
-    """`rows`: grp, row (int), project (int), unit (str), t (sortable), and any id columns.
+    """`rows`: grp, row (int), project, unit, t (sortable); other columns are ignored.
 
     Per group: the first row overall (`row1`, `project1`, `t1`), the first row of the second project to
-    appear (`row2`, `project2`, `t2`, null when one project), and how many projects and units."""
+    appear (`row2`, `project2`, `t2`, null when one project), and how many projects, units and rows.
+
+    Only the five columns read are sorted, in one lazy plan: sorting `rows` as given copies every column
+    it has, and the per-project firsts need no more. (Over millions of groups most of the memory is the
+    group-by's hash tables, whatever the order: callers give it only the groups that can matter.)"""
+    keys = rows.lazy().select("grp", "project", "unit", "row", "t")
     first_per_project = (
-        rows.sort("t", "row")
-        .group_by("grp", "project", maintain_order=True)
+        keys.sort("t", "row").group_by("grp", "project", maintain_order=True)
         .agg(pl.col("row").first(), pl.col("t").first())
         .sort("grp", "t", "row")
     )
@@ -142,8 +146,8 @@ def group_summary(rows: pl.DataFrame) -> pl.DataFrame:
         pl.col("t").slice(1, 1).first().alias("t2"),
         pl.len().alias("n_projects"),
     )
-    units = rows.group_by("grp").agg(pl.col("unit").n_unique().alias("n_units"), pl.len().alias("n_rows"))
-    return firsts.join(units, on="grp", how="left")
+    units = keys.group_by("grp").agg(pl.col("unit").n_unique().alias("n_units"), pl.len().alias("n_rows"))
+    return firsts.join(units, on="grp", how="left").collect()
 
 
 def earliest_other_project(rows: pl.DataFrame, links: pl.DataFrame, summary: pl.DataFrame) -> pl.DataFrame:

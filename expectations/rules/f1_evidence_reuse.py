@@ -68,22 +68,42 @@ def _report_projects(ctx: RuleContext) -> pl.DataFrame:
         subset=["source_id", "report_id"], keep="first")
 
 
-def _rows(ctx: RuleContext, params: dict, reports: pl.DataFrame) -> pl.DataFrame:
-    """One narrow row per judged evidence item: `row` (its position in the evidence table), project and
-    unit (hashes), upload time `t`, and its content keys: `sha_grp` (null unless its kind is judged by
-    sha256 and it has a well-formed one) and `ph` (null unless judged by phash and not degenerate).
-    Ids are looked up again only for the rows that end up flagged (`_identify`). `reports`:
-    `_report_projects`."""
-    projects = ctx.table("projects").select("source_id", "project_id", "unit_code").unique(
+# An evidence row's `row` id: its source's place in the city (bits 32 and up) and its position among
+# that source's evidence (below), so ids stay unique and ordered as the city's evidence table when its
+# rows exist only one source at a time. The order of uploads at the same instant follows it.
+_SOURCE_SHIFT = 32
+
+
+def _source_places(ctx: RuleContext) -> dict[str, int]:
+    """source_id → its place in the city: the order in which the held reports list the sources, which is
+    the order `by_source` goes through them. (A source with no report has no judged evidence and needs
+    no place.)"""
+    return {sid: place for place, sid in enumerate(ctx.table("stage_reports")["source_id"].unique(maintain_order=True))}
+
+
+def _numbered(evidence: pl.DataFrame, places: dict[str, int]) -> pl.DataFrame:
+    """`evidence` (what `by_source` hands out: one source, or the whole city when every table is held)
+    with its `row` ids in front. The frame is numbered from the place of its first source, so the whole
+    city at once is numbered in its own order. A source without a place gives no rows."""
+    place = places.get(evidence["source_id"][0]) if evidence.height else None
+    if place is None:
+        evidence = evidence.clear()
+    return evidence.with_row_index("row").with_columns(
+        pl.col("row").cast(pl.Int64) + pl.lit((place or 0) << _SOURCE_SHIFT, pl.Int64))
+
+
+def _source_rows(one: RuleContext, params: dict, places: dict[str, int]) -> pl.DataFrame:
+    """`_rows` of one source (or of the whole city, for a context that holds every table)."""
+    reports = _report_projects(one)
+    projects = one.table("projects").select("source_id", "project_id", "unit_code").unique(
         subset=["source_id", "project_id"], keep="first")
     sha = pl.col("sha256").str.strip_chars().str.to_lowercase()
     ph = parse_phash(pl.col("phash"))
     lo, hi = params["min_phash_bits"], 64 - params["min_phash_bits"]
     # The content keys are computed before the joins (which then carry integers, not 64-character hex
-    # strings), and in morsels (the streaming engine) rather than column by column over the whole city.
+    # strings), and in morsels (the streaming engine) rather than column by column over the whole source.
     keys = (
-        ctx.table("evidence").lazy()
-        .with_row_index("row")
+        _numbered(one.table("evidence"), places).lazy()
         .filter(pl.col("uploaded_at").is_not_null())
         .select(
             "row", "source_id", "report_id", pl.col("uploaded_at").alias("t"),
@@ -112,41 +132,82 @@ def _rows(ctx: RuleContext, params: dict, reports: pl.DataFrame) -> pl.DataFrame
     )
 
 
-def _identify(ctx: RuleContext, rows: pl.Series, reports: pl.DataFrame) -> pl.DataFrame:
-    """row (positions in the evidence table) → row, source_id, evidence_id, report_id, project_id, kind,
-    uploaded_at. `reports`: `_report_projects`."""
-    picked = rows.unique().sort()
-    return (
-        ctx.table("evidence").select("source_id", "evidence_id", "report_id", "kind", "uploaded_at")[picked]
-        .with_columns(picked.alias("row"))
-        .join(reports, on=["source_id", "report_id"], how="left")
-    )
+def _rows(ctx: RuleContext, params: dict, places: dict[str, int]) -> pl.DataFrame:
+    """One narrow row per judged evidence item: `row` (its id, `_numbered`), project and unit (hashes),
+    upload time `t`, and its content keys: `sha_grp` (null unless its kind is judged by sha256 and it has
+    a well-formed one) and `ph` (null unless judged by phash and not degenerate). Integers only: the
+    city's evidence is read source by source, and only these rows are kept of it. Ids are looked up
+    again only for the rows that end up flagged (`_identify`). `places`: `_source_places`."""
+    return ctx.by_source(lambda one: _source_rows(one, params, places),
+                         columns={"evidence": ["report_id", "kind", "uploaded_at", "sha256", "phash"]})
+
+
+def _identify(ctx: RuleContext, rows: pl.Series, places: dict[str, int]) -> pl.DataFrame:
+    """row (ids, `_numbered`) → row, source_id, evidence_id, report_id, project_id, kind, uploaded_at,
+    read source by source again for those rows alone (and their reports' projects looked up within
+    their source: a city-wide report map would hold millions of string keys). `places`:
+    `_source_places`."""
+    picked = rows.unique().sort().alias("row").to_frame()
+
+    def source_ids(one: RuleContext) -> pl.DataFrame:
+        evidence = one.table("evidence").select("source_id", "evidence_id", "report_id", "kind", "uploaded_at")
+        return (
+            _numbered(evidence, places).join(picked, on="row", how="semi")
+            .join(_report_projects(one), on=["source_id", "report_id"], how="left")
+        )
+
+    return ctx.by_source(source_ids, columns={"evidence": ["report_id", "kind", "uploaded_at"]})
+
+
+def _repeated(keys: pl.Series) -> pl.Series:
+    """The values of `keys` that occur more than once (nulls aside). Found by sorting: counting a city's
+    millions of distinct keys in a hash table holds ~100 bytes a key, a sorted copy only the keys."""
+    present = keys.sort(nulls_last=True).head(keys.len() - keys.null_count())
+    same_as_previous = present.slice(1) == present.slice(0, max(present.len() - 1, 0))
+    return present.slice(1).filter(same_as_previous).unique()
+
+
+def _keyed(rows: pl.DataFrame, grp: pl.Expr) -> pl.DataFrame:
+    """The columns `group_summary` and the links read, with the content key `grp` as an Int128."""
+    return rows.select("row", "project", "unit", "t", grp.cast(pl.Int128).alias("grp"))
 
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
-    reports = _report_projects(ctx)
-    base = _rows(ctx, params, reports)
+    if params["broadcast_min_projects"] <= 1 and params["broadcast_min_units"] <= 1:
+        return pl.DataFrame()  # every content, even a single row, would count as distributed material
+    places = _source_places(ctx)
+    base = _rows(ctx, params, places)
     if base.is_empty():
         return pl.DataFrame()
-    by_sha = base.filter(pl.col("sha_grp").is_not_null()).select("row", "project", "unit", "t",
-                                                                  pl.col("sha_grp").alias("grp"))
-    by_ph = base.filter(pl.col("ph").is_not_null()).select("row", "project", "unit", "t",
-                                                            pl.col("ph").cast(pl.Int128).alias("grp"), "ph")
+    # Nearly every file in a city is unique. A sha256 group links to itself alone (near links join phash
+    # groups), so one with a single row can neither reach two projects nor be the original of a row:
+    # only files held twice are kept. Photos are all kept until their near links are known.
+    by_sha = _keyed(base.filter(pl.col("sha_grp").is_in(_repeated(base["sha_grp"]).implode())), pl.col("sha_grp"))
+    by_ph = base.filter(pl.col("ph").is_not_null()).select("row", "project", "unit", "t", "ph")
     del base
-    keyed = pl.concat([by_sha, by_ph.drop("ph")])
-    summary = group_summary(keyed)
-    broadcast = summary.filter(
+    values, copies = np.unique(by_ph["ph"].to_numpy(), return_counts=True)
+    repeated_ph = pl.Series(values[copies > 1], dtype=pl.UInt64)
+    del copies
+    # Broadcast content is on many projects, so held by several rows: the groups of one row can be left
+    # out of its count (a single row is one project in one unit, short of any threshold but 1 and 1).
+    held_twice = pl.concat([by_sha, _keyed(by_ph.filter(pl.col("ph").is_in(repeated_ph.implode())), pl.col("ph"))])
+    broadcast = group_summary(held_twice).filter(
         (pl.col("n_projects") >= params["broadcast_min_projects"]) & (pl.col("n_units") >= params["broadcast_min_units"])
     ).select("grp")
-    summary = summary.join(broadcast, on="grp", how="anti")
+    del held_twice
 
     # Near-identical photos: distinct phash values within max_hamming bits.
-    values = by_ph.join(broadcast, on="grp", how="anti").select("grp", "ph").unique(subset=["grp"]).sort("grp")
-    del by_sha, by_ph
-    i, j, d = near_pairs(values["ph"].to_numpy(), params["max_hamming"], params["max_bucket"])
-    g = values["grp"]
+    broadcast_ph = broadcast.filter(pl.col("grp") < _SHA_GROUP)["grp"].cast(pl.UInt64).to_numpy()
+    values = values[~np.isin(values, broadcast_ph)]
+    i, j, d = near_pairs(values, params["max_hamming"], params["max_bucket"])
+    g = pl.Series("grp", values).cast(pl.Int128)
     near = pl.DataFrame({"grp": pl.concat([g.gather(i), g.gather(j)]), "grp2": pl.concat([g.gather(j), g.gather(i)]),
                          "dist": np.r_[d, d]}, schema={"grp": pl.Int128, "grp2": pl.Int128, "dist": pl.Int64})
+    # A photo held once matters only through a near link: the others are dropped with the unique files.
+    linked_ph = pl.concat([repeated_ph, pl.Series(values[np.r_[i, j]], dtype=pl.UInt64)])
+    keyed = pl.concat([by_sha, _keyed(by_ph.filter(pl.col("ph").is_in(linked_ph.implode())), pl.col("ph"))])
+    del by_sha, by_ph, values, g
+    summary = group_summary(keyed).join(broadcast, on="grp", how="anti")
     self_links = summary.select("grp", pl.col("grp").alias("grp2"), pl.lit(0, pl.Int64).alias("dist"))
     links = pl.concat([self_links, near]).with_columns(
         pl.when(pl.col("grp2") >= _SHA_GROUP).then(pl.lit("sha256")).otherwise(pl.lit("phash")).alias("via")
@@ -165,7 +226,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         return pl.DataFrame()
     orig = earliest_other_project(rows, links, summary)
     judged = rows.group_by("row").agg(pl.col("content_projects").max())
-    ids = _identify(ctx, pl.concat([judged["row"], orig["orig_row"]]), reports)
+    ids = _identify(ctx, pl.concat([judged["row"], orig["orig_row"]]), places)
     out = (
         judged.join(orig, on="row", how="left")
         .join(ids.select("row", "source_id", "evidence_id", "report_id", "project_id", "kind", "uploaded_at"), on="row")
