@@ -1,7 +1,7 @@
 """Per-rule cost: seconds and peak memory of each rule over a warehouse's silver, one rule at a time.
 
-The cross-source stage of a night holds the whole city's silver and runs every rule over it; this says
-which rule costs what. Peak memory is sampled (every 20 ms) above what the process held before the rule.
+The cross-source stage of a night holds the city's silver (but evidence and metrics, which the rules read
+source by source) and runs every rule over it; this says which rule costs what. Peak memory is sampled (every 20 ms) above what the process held before the rule.
 
     .venv/bin/python bench/rules.py --sources city/sources.toml --warehouse wh [--as-of D] [--only F6 T4]
 """

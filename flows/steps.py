@@ -1,7 +1,8 @@
 """The steps of one night, as plain functions that do the I/O: the Prefect flow calls them, tests can too.
 
 Per source: extract → land bronze → normalize and upsert silver (+ quarantine).
-Across sources: load silver → resolve references → rules → marts → publish.
+Across sources: load silver (references resolved per source; evidence and metrics read source by
+source when a rule asks, `warehouse.silver`) → rules → marts → publish.
 """
 
 from __future__ import annotations

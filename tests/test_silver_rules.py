@@ -182,7 +182,7 @@ def test_city_silver_resolves_each_source_as_the_whole_city_would(tmp_path):
     other["evidence"] = other["evidence"].with_columns(pl.col("report_id").str.to_lowercase())  # pile → PILE
     for sid, tables in (("s", one), ("t", other)):
         _write_silver(layout, sid, tables)
-    loaded = CitySilver.load(layout, ["s", "t", "absent"])
+    loaded = CitySilver.load(layout, ["s", "t", "absent"], shard_rows=1)  # a shard a source
     whole = resolve_references({t: pl.concat([one[t], other[t]]) for t in one})
     for table, frame in whole.items():
         expected = frame.drop(NOT_HELD.get(table, ()))
@@ -231,7 +231,8 @@ def _evidence_rule_city() -> dict[str, pl.DataFrame]:
     return tables
 
 
-def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path):
+@pytest.mark.parametrize("shard_rows", [1, 10**9], ids=["a-shard-a-source", "one-shard"])
+def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path, shard_rows):
     """`RuleContext.by_source` over a CitySilver (evidence read per source, references resolved per
     source) gives what the same rules give with every table held at once."""
     from expectations.rules import rule_flags
@@ -245,7 +246,8 @@ def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path)
     other["evidence"] = other["evidence"].with_columns(pl.col("report_id").str.to_lowercase())  # resolves
     for sid, tables in (("s", one), ("t", other)):
         _write_silver(layout, sid, tables)
-    city = CitySilver.load(layout, ["s", "t"])
+    city = CitySilver.load(layout, ["s", "t"], shard_rows=shard_rows)
+    assert len(city.shards) == (2 if shard_rows == 1 else 1)
     held = resolve_references({t: pl.concat([one[t], other[t]]) for t in one})
     rules = {"T1", "T2", "T3", "T4", "T5", "F2", "F4", "F7"}
     sharded = rule_flags(RuleContext(city, AS_OF, city.read_columns), Validator(), only=rules)

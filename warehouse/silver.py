@@ -4,9 +4,11 @@ source by source.
 Evidence is most of the city (16 M of 22 M silver rows at 96 sources × 5,000 projects) and nothing
 about it crosses sources except figures already reduced to a report, a file hash or a project. So
 the evidence table is never held for the whole city: a rule, a check or a mart that needs it asks
-`by_source(fn)` for `fn` over one source at a time (that source's tables, evidence included, references
-resolved) and gets the results concatenated. Memory then holds one source's evidence per worker thread
-plus the reduced results, whatever the size of the city.
+`by_source(fn)` for `fn` over a shard of sources at a time (their tables, evidence included, references
+resolved within each source) and gets the results concatenated. A shard is consecutive sources up to
+`SHARD_ROWS` rows of evidence and metrics, so a small city is one shard (and costs what holding it would)
+and memory holds a few shards' evidence plus the reduced results, whatever the size of the city. `fn`
+must therefore reduce within a source, and gives the same result over one source, a shard or the city.
 
 Every other table is held: it is read once, one source at a time, with its references resolved within
 that source (references never cross sources), and concatenated without copying, so the per-source
@@ -15,11 +17,13 @@ frames `by_source` hands out share memory with the city frames.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from transforms.references import resolve_references
 from transforms.schema import TABLES, empty
@@ -34,6 +38,11 @@ SHARDED_TABLES = ("evidence", "metrics")
 # runs; most of the memory of the reports).
 NOT_HELD: dict[str, tuple[str, ...]] = {"evidence": ("file_name",), "stage_reports": ("summary",)}
 THREADS = 4  # reading Parquet and joining release the GIL
+# Sources are handed out in shards of consecutive sources holding up to this many rows of the sharded
+# tables (a larger source is a shard of its own): a function runs once per shard, not once per source,
+# so a small city is one shard and costs what holding it all would, while THREADS shards in flight bound
+# the memory of a large one.
+SHARD_ROWS = int(os.environ.get("QINGFENG_SHARD_ROWS", "500000"))
 
 
 class ShardedTableError(KeyError):
@@ -46,7 +55,7 @@ class CitySilver(Mapping[str, pl.DataFrame]):
     """Mapping of the held tables (table → every source's rows); `by_source` for the sharded ones."""
 
     def __init__(self, layout: Layout, source_ids: list[str], parts: dict[str, dict[str, pl.DataFrame]],
-                 sharded: tuple[str, ...] = SHARDED_TABLES):
+                 sharded: tuple[str, ...] = SHARDED_TABLES, shard_rows: int | None = None):
         self.layout = layout
         self.source_ids = list(source_ids)
         self.sharded = sharded
@@ -55,9 +64,28 @@ class CitySilver(Mapping[str, pl.DataFrame]):
             t: pl.concat(list(by_sid.values()), rechunk=False) if by_sid else empty(t).drop(NOT_HELD.get(t, ()))
             for t, by_sid in parts.items()
         }
+        self.shards = self._plan_shards(shard_rows or SHARD_ROWS)
+
+    def _plan_shards(self, limit: int) -> list[list[str]]:
+        """Consecutive sources, in source order, up to `limit` rows of the sharded tables a shard."""
+        shards: list[list[str]] = []
+        held = limit
+        for sid in self.source_ids:
+            n = sum(self._stored_rows(t, sid) for t in self.sharded)
+            if not shards or held + n > limit:
+                shards.append([])
+                held = 0
+            shards[-1].append(sid)
+            held += n
+        return shards
+
+    def _stored_rows(self, table: str, sid: str) -> int:
+        path = self.layout.silver_file(table, sid)
+        return pq.ParquetFile(path).metadata.num_rows if path.exists() else 0
 
     @classmethod
-    def load(cls, layout: Layout, source_ids: list[str], sharded: tuple[str, ...] = SHARDED_TABLES) -> CitySilver:
+    def load(cls, layout: Layout, source_ids: list[str], sharded: tuple[str, ...] = SHARDED_TABLES,
+             shard_rows: int | None = None) -> CitySilver:
         """Read every held table of every source, references resolved per source."""
         held = [t for t in TABLE_NAMES if t not in sharded]
 
@@ -75,7 +103,7 @@ class CitySilver(Mapping[str, pl.DataFrame]):
             for sid, one in zip(source_ids, pool.map(one_source, source_ids), strict=True):
                 for table, frame in one.items():
                     parts[table][sid] = frame
-        return cls(layout, source_ids, parts, sharded)
+        return cls(layout, source_ids, parts, sharded, shard_rows)
 
     # ------------------------------------------------------------------------------ the held tables
 
@@ -120,24 +148,33 @@ class CitySilver(Mapping[str, pl.DataFrame]):
             one[table] = _resolved(table, frame, one)
         return one
 
+    def shard(self, sids: list[str], columns: dict[str, list[str]] | None = None) -> dict[str, pl.DataFrame]:
+        """The tables of these sources (`source` each, references resolved within each), concatenated."""
+        ones = [self.source(sid, columns) for sid in sids]
+        if len(ones) == 1:
+            return ones[0]
+        names = dict.fromkeys(t for one in ones for t in one)
+        return {t: pl.concat([one[t] for one in ones if t in one], how="vertical_relaxed", rechunk=False)
+                for t in names}
+
     def map_sources(self, fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame | None],
                     columns: dict[str, list[str]] | None = None) -> Iterator[pl.DataFrame]:
-        """`fn` over each source in turn (`source`), yielded in source order as they are ready: a few
-        sources at a time are read ahead, never the whole city."""
-        def run(sid: str) -> pl.DataFrame | None:
-            return fn(self.source(sid, columns))
+        """`fn` over each shard of sources in turn (`shards`, `shard`), yielded in source order as they
+        are ready: a few shards at a time are read ahead, never the whole of a large city."""
+        def run(sids: list[str]) -> pl.DataFrame | None:
+            return fn(self.shard(sids, columns))
 
         with ThreadPoolExecutor(max_workers=THREADS) as pool:
-            ids = iter(self.source_ids)
-            while window := list(islice(ids, THREADS)):
+            shards = iter(self.shards)
+            while window := list(islice(shards, THREADS)):
                 for result in pool.map(run, window):
                     if result is not None:
                         yield result
 
     def by_source(self, fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame],
                   columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
-        """`fn` over each source (`source`), the results concatenated. With no source at all, `fn` over
-        empty tables (so the result has its columns)."""
+        """`fn` over each shard of sources (`map_sources`), the results concatenated. With no source at
+        all, `fn` over empty tables (so the result has its columns)."""
         results = list(self.map_sources(fn, columns))
         if not results:
             return fn({t: empty(t) for t in TABLE_NAMES})
@@ -154,8 +191,7 @@ class CitySilver(Mapping[str, pl.DataFrame]):
         """Rows of a table over the city (a sharded one from its Parquet metadata)."""
         if table not in self.sharded:
             return self._city[table].height if table in self._city else 0
-        return sum(pl.scan_parquet(p).select(pl.len()).collect().item()
-                   for sid in self.source_ids if (p := self.layout.silver_file(table, sid)).exists())
+        return sum(self._stored_rows(table, sid) for sid in self.source_ids)
 
 
 def _key(table: str) -> list[str]:

@@ -68,9 +68,10 @@ def _report_projects(ctx: RuleContext) -> pl.DataFrame:
         subset=["source_id", "report_id"], keep="first")
 
 
-# An evidence row's `row` id: its source's place in the city (bits 32 and up) and its position among
-# that source's evidence (below), so ids stay unique and ordered as the city's evidence table when its
-# rows exist only one source at a time. The order of uploads at the same instant follows it.
+# An evidence row's `row` id: the place in the city of the first source of its shard (bits 32 and up)
+# and its position in the shard (below), so ids stay unique and ordered as the city's evidence table
+# when its rows exist only a shard of sources at a time. The order of uploads at the same instant
+# follows it.
 _SOURCE_SHIFT = 32
 
 
@@ -82,14 +83,13 @@ def _source_places(ctx: RuleContext) -> dict[str, int]:
 
 
 def _numbered(evidence: pl.DataFrame, places: dict[str, int]) -> pl.DataFrame:
-    """`evidence` (what `by_source` hands out: one source, or the whole city when every table is held)
-    with its `row` ids in front. The frame is numbered from the place of its first source, so the whole
-    city at once is numbered in its own order. A source without a place gives no rows."""
-    place = places.get(evidence["source_id"][0]) if evidence.height else None
-    if place is None:
-        evidence = evidence.clear()
+    """`evidence` (what `by_source` hands out: a shard of consecutive sources, or the whole city when
+    every table is held) with its `row` ids in front, numbered in its order from the place of its first
+    source. (Rows of a source without a place have no report to join and are dropped later.)"""
+    present = [places[s] for s in evidence["source_id"].unique().to_list() if s in places]
+    place = min(present) if present else 0
     return evidence.with_row_index("row").with_columns(
-        pl.col("row").cast(pl.Int64) + pl.lit((place or 0) << _SOURCE_SHIFT, pl.Int64))
+        pl.col("row").cast(pl.Int64) + pl.lit(place << _SOURCE_SHIFT, pl.Int64))
 
 
 def _source_rows(one: RuleContext, params: dict, places: dict[str, int]) -> pl.DataFrame:
