@@ -48,7 +48,7 @@ def city() -> dict[str, pl.DataFrame]:
 @pytest.fixture
 def city_silver(tmp_path: Path) -> CitySilver:
     layout = Layout(tmp_path)
-    return CitySilver.load(layout, write_silver(layout, city()), shard_rows=1)
+    return CitySilver.load(layout, write_silver(layout, city()), shard_rows=1, hold_rows=0)
 
 
 def evidence_features() -> pl.DataFrame:
@@ -117,6 +117,6 @@ def test_a_city_without_evidence_runs_no_evidence_suite(tmp_path):
     tables.pop("evidence")
     layout = Layout(tmp_path)
     validator = Validator()
-    flags = contract_suite_flags(validator, CitySilver.load(layout, write_silver(layout, tables), shard_rows=1))
+    flags = contract_suite_flags(validator, CitySilver.load(layout, write_silver(layout, tables), shard_rows=1, hold_rows=0))
     assert flags.filter(pl.col("entity_type") == "evidence").is_empty()
     assert "contract_evidence" not in {s.name for s in validator.context.suites.all()}

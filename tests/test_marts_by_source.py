@@ -32,7 +32,7 @@ def write_silver(layout: Layout, silver: dict[str, pl.DataFrame]) -> list[str]:
 def city_ctx(tmp_path: Path) -> MartInputs:
     ctx = make_ctx()
     layout = Layout(tmp_path)
-    silver = CitySilver.load(layout, write_silver(layout, ctx.silver), shard_rows=1)
+    silver = CitySilver.load(layout, write_silver(layout, ctx.silver), shard_rows=1, hold_rows=0)
     return MartInputs(**{**ctx.__dict__, "silver": silver})
 
 

@@ -182,7 +182,7 @@ def test_city_silver_resolves_each_source_as_the_whole_city_would(tmp_path):
     other["evidence"] = other["evidence"].with_columns(pl.col("report_id").str.to_lowercase())  # pile → PILE
     for sid, tables in (("s", one), ("t", other)):
         _write_silver(layout, sid, tables)
-    loaded = CitySilver.load(layout, ["s", "t", "absent"], shard_rows=1)  # a shard a source
+    loaded = CitySilver.load(layout, ["s", "t", "absent"], shard_rows=1, hold_rows=0)  # a shard a source
     whole = resolve_references({t: pl.concat([one[t], other[t]]) for t in one})
     for table, frame in whole.items():
         expected = frame.drop(NOT_HELD.get(table, ()))
@@ -196,6 +196,11 @@ def test_city_silver_resolves_each_source_as_the_whole_city_would(tmp_path):
                                columns={"evidence": ["kind"]})
     assert dict(counted.iter_rows()) == {"s": one["evidence"].height, "t": other["evidence"].height}
     assert loaded.rows("evidence") == one["evidence"].height + other["evidence"].height
+    # A city this small holds its evidence too (one read instead of one a rule), with the same frames.
+    small = CitySilver.load(layout, ["s", "t", "absent"])
+    assert small.sharded == () and len(small.shards) == 1
+    assert small["evidence"].sort("evidence_id", "source_id").equals(
+        loaded.by_source(lambda src: src["evidence"]).sort("evidence_id", "source_id"))
 
 
 def _evidence_rule_city() -> dict[str, pl.DataFrame]:
@@ -246,7 +251,7 @@ def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path,
     other["evidence"] = other["evidence"].with_columns(pl.col("report_id").str.to_lowercase())  # resolves
     for sid, tables in (("s", one), ("t", other)):
         _write_silver(layout, sid, tables)
-    city = CitySilver.load(layout, ["s", "t"], shard_rows=shard_rows)
+    city = CitySilver.load(layout, ["s", "t"], shard_rows=shard_rows, hold_rows=0)
     assert len(city.shards) == (2 if shard_rows == 1 else 1)
     held = resolve_references({t: pl.concat([one[t], other[t]]) for t in one})
     rules = {"T1", "T2", "T3", "T4", "T5", "F2", "F4", "F7"}
