@@ -69,7 +69,7 @@ def main() -> None:
     rows = {k: v.height for k, v in silver.items()}
     print(f"silver read in {time.perf_counter() - t0:.1f} s, process at {rss_mib():.0f} MiB: "
           + ", ".join(f"{k} {n:,}" for k, n in rows.items()))
-    ctx = RuleContext(silver, args.as_of, silver.read_columns)
+    ctx = RuleContext(silver, args.as_of)
     validator = Validator()
     print(f"{'rule module':30}{'features s':>11}{'GX+flags s':>11}{'peak +MiB':>10}{'judged':>10}{'flags':>8}")
     for module in rule_modules():

@@ -384,7 +384,7 @@ def evaluate(
         contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
         deadline_flags(silver, as_of),
-        rule_flags(RuleContext(silver, as_of, silver.read_columns), validator),
+        rule_flags(RuleContext(silver, as_of), validator),
     ]).unique(maintain_order=True)
     if docs_dir is not None:
         shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs

@@ -255,7 +255,7 @@ def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path,
     assert len(city.shards) == (2 if shard_rows == 1 else 1)
     held = resolve_references({t: pl.concat([one[t], other[t]]) for t in one})
     rules = {"T1", "T2", "T3", "T4", "T5", "F2", "F4", "F7"}
-    sharded = rule_flags(RuleContext(city, AS_OF, city.read_columns), Validator(), only=rules)
+    sharded = rule_flags(RuleContext(city, AS_OF), Validator(), only=rules)
     whole = rule_flags(RuleContext(held, AS_OF), Validator(), only=rules)
     order = ["rule_id", "source_id", "entity_id", "detail"]
     assert set(whole["rule_id"]) == rules
@@ -264,8 +264,9 @@ def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path,
 
 
 def test_a_rule_reads_the_columns_silver_does_not_hold_from_storage(tmp_path):
-    """Report summaries are not held for the whole city: `RuleContext.columns` reads them per source when
-    a rule asks (F6), joined by key onto the frame the night holds (whose references are resolved)."""
+    """Report summaries are not held for the whole city: `by_source(fn, columns=...)` reads them for the
+    shard when a rule asks (F6), joined by key onto the frame the night holds (whose references are
+    resolved); a rule that does not name them does not get them."""
     from expectations.rules.base import RuleContext
     from warehouse.layout import Layout
     from warehouse.silver import CitySilver
@@ -279,8 +280,13 @@ def test_a_rule_reads_the_columns_silver_does_not_hold_from_storage(tmp_path):
     _write_silver(layout, "s", tables)
     held = CitySilver.load(layout, ["s"])
     assert "summary" not in held["stage_reports"].columns
-    ctx = RuleContext(held, AS_OF, held.read_columns)
-    got = ctx.columns("stage_reports", ["report_id", "project_id", "summary"]).sort("report_id")
+    ctx = RuleContext(held, AS_OF)
+    wanted = ["report_id", "project_id", "summary"]
+
+    def reports(one: RuleContext) -> pl.DataFrame:
+        return one.table("stage_reports").select(wanted)
+
+    got = ctx.by_source(reports, columns={"stage_reports": ["summary"]}).sort("report_id")
     assert got.rows() == [("R1", "X1", "第一份"), ("R2", "X1", None)]  # x1 resolved to X1
-    with pytest.raises(KeyError, match="summary"):
-        RuleContext(held, AS_OF).columns("stage_reports", ["summary"])
+    with pytest.raises(pl.exceptions.ColumnNotFoundError, match="summary"):
+        ctx.by_source(reports)

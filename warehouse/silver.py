@@ -34,8 +34,8 @@ TABLE_NAMES = (*TABLES, "metrics")
 # metrics (8 M), whose rules (T1–T5, F1, F2, F4, F5, F7) reduce them within a source.
 SHARDED_TABLES = ("evidence", "metrics")
 # Free text that is not held for the whole city: evidence file names (no rule, mart or alert reads them;
-# ~40 bytes an evidence row) and report summaries (F6 alone reads them, through `read_columns`, while it
-# runs; most of the memory of the reports).
+# ~40 bytes an evidence row) and report summaries (F6 alone reads them, shard by shard through
+# `by_source(fn, columns=...)`; most of the memory of the reports).
 NOT_HELD: dict[str, tuple[str, ...]] = {"evidence": ("file_name",), "stage_reports": ("summary",)}
 THREADS = 4  # reading Parquet and joining release the GIL
 # Sources are handed out in shards of consecutive sources holding up to this many rows of the sharded
@@ -59,7 +59,9 @@ class CitySilver(Mapping[str, pl.DataFrame]):
     """Mapping of the held tables (table → every source's rows); `by_source` for the sharded ones."""
 
     def __init__(self, layout: Layout, source_ids: list[str], parts: dict[str, dict[str, pl.DataFrame]],
-                 sharded: tuple[str, ...] = SHARDED_TABLES, shard_rows: int | None = None):
+                 sharded: tuple[str, ...], stored: dict[str, int], shard_rows: int | None = None):
+        """(`load` builds one.) `parts`: table → source_id → frame of the held tables; `stored`: rows of
+        the `sharded` tables a source."""
         self.layout = layout
         self.source_ids = list(source_ids)
         self.sharded = sharded
@@ -68,23 +70,7 @@ class CitySilver(Mapping[str, pl.DataFrame]):
             t: pl.concat(list(by_sid.values()), rechunk=False) if by_sid else empty(t).drop(NOT_HELD.get(t, ()))
             for t, by_sid in parts.items()
         }
-        self.shards = self._plan_shards(shard_rows or SHARD_ROWS)
-
-    def _plan_shards(self, limit: int) -> list[list[str]]:
-        """Consecutive sources, in source order, up to `limit` rows of the sharded tables a shard."""
-        shards: list[list[str]] = []
-        held = limit
-        for sid in self.source_ids:
-            n = sum(self._stored_rows(t, sid) for t in self.sharded)
-            if not shards or held + n > limit:
-                shards.append([])
-                held = 0
-            shards[-1].append(sid)
-            held += n
-        return shards
-
-    def _stored_rows(self, table: str, sid: str) -> int:
-        return _stored_rows(self.layout, table, sid)
+        self.shards = _plan_shards(self.source_ids, stored, shard_rows or SHARD_ROWS)
 
     @classmethod
     def load(cls, layout: Layout, source_ids: list[str], sharded: tuple[str, ...] = SHARDED_TABLES,
@@ -92,9 +78,10 @@ class CitySilver(Mapping[str, pl.DataFrame]):
         """Read every held table of every source, references resolved per source. The `sharded` tables
         are held too when they come to at most `hold_rows` rows (`HOLD_ROWS`)."""
         hold_rows = HOLD_ROWS if hold_rows is None else hold_rows
-        stored = sum(_stored_rows(layout, t, sid) for t in sharded for sid in source_ids)
-        if stored <= hold_rows:
+        stored = {sid: sum(_stored_rows(layout, t, sid) for t in sharded) for sid in source_ids}
+        if sum(stored.values()) <= hold_rows:
             sharded = ()
+            stored = dict.fromkeys(source_ids, 0)
         held = [t for t in TABLE_NAMES if t not in sharded]
 
         def one_source(sid: str) -> dict[str, pl.DataFrame]:
@@ -111,7 +98,7 @@ class CitySilver(Mapping[str, pl.DataFrame]):
             for sid, one in zip(source_ids, pool.map(one_source, source_ids), strict=True):
                 for table, frame in one.items():
                     parts[table][sid] = frame
-        return cls(layout, source_ids, parts, sharded, shard_rows)
+        return cls(layout, source_ids, parts, sharded, stored, shard_rows)
 
     # ------------------------------------------------------------------------------ the held tables
 
@@ -190,18 +177,26 @@ class CitySilver(Mapping[str, pl.DataFrame]):
             return fn({t: empty(t) for t in TABLE_NAMES})
         return pl.concat(results, how="vertical_relaxed")
 
-    def read_columns(self, table: str, columns: list[str]) -> pl.DataFrame:
-        """source_id, the table's key and `columns` of `table`, every source (columns not held)."""
-        key = TABLES[table].key
-        frames = [pl.read_parquet(path, columns=["source_id", key, *columns])
-                  for sid in self.source_ids if (path := self.layout.silver_file(table, sid)).exists()]
-        return pl.concat(frames) if frames else empty(table).select("source_id", key, *columns)
-
     def rows(self, table: str) -> int:
         """Rows of a table over the city (a sharded one from its Parquet metadata)."""
         if table not in self.sharded:
             return self._city[table].height if table in self._city else 0
-        return sum(self._stored_rows(table, sid) for sid in self.source_ids)
+        return sum(_stored_rows(self.layout, table, sid) for sid in self.source_ids)
+
+
+def _plan_shards(source_ids: list[str], stored: dict[str, int], limit: int) -> list[list[str]]:
+    """Consecutive sources, in source order, up to `limit` rows of the sharded tables (`stored`: rows a
+    source) a shard; a larger source is a shard of its own."""
+    shards: list[list[str]] = []
+    held = limit
+    for sid in source_ids:
+        n = stored.get(sid, 0)
+        if not shards or held + n > limit:
+            shards.append([])
+            held = 0
+        shards[-1].append(sid)
+        held += n
+    return shards
 
 
 def _absent_columns(tables: dict[str, pl.DataFrame], columns: dict[str, list[str]] | None) -> bool:

@@ -19,7 +19,7 @@ them (`expectations/settings.py`).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from types import ModuleType
 from typing import Any
@@ -37,12 +37,6 @@ class RuleContext:
     # `warehouse.silver.CitySilver` (evidence read source by source, through `by_source`)
     silver: Mapping[str, pl.DataFrame]
     as_of: date
-    # Reads columns `silver` does not hold (large free text that one rule reads, e.g. report summaries):
-    # (table, columns) -> source_id, the table's key and those columns, for every source. None: `silver`
-    # holds every column it has.
-    read_columns: Callable[[str, list[str]], pl.DataFrame] | None = None
-    # results of `by_source` kept for the night under a name (T1–T3 share one per-report evidence frame)
-    memo: dict[str, pl.DataFrame] = field(default_factory=dict, compare=False, repr=False)
 
     def table(self, name: str) -> pl.DataFrame:
         """A held table (every source). The evidence of a `CitySilver` is not held: `by_source`."""
@@ -51,34 +45,16 @@ class RuleContext:
         frame = self.silver.get(name)
         return empty(name) if frame is None else frame
 
-    def by_source(self, fn: Callable[[RuleContext], pl.DataFrame], memo: str | None = None,
+    def by_source(self, fn: Callable[[RuleContext], pl.DataFrame],
                   columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
-        """`fn` over a context of one source at a time (all its tables, evidence included), the results
-        concatenated: how a rule reads evidence. `fn` must reduce within a source (so it is also right
-        over the whole city at once, which is what a plain-dict context does). `columns`: the columns of
-        a sharded table `fn` reads (all by default). `memo`: keep the result under that name."""
+        """`fn` over a context of a shard of sources at a time (all their tables, evidence included), the
+        results concatenated: how a rule reads evidence. `fn` must reduce within a source (so it is also
+        right over the whole city at once, which is what a plain-dict context does). `columns`: the
+        columns of a sharded table `fn` reads (all by default), or those of a held table that the city
+        does not hold (report summaries), read for the shard."""
         from warehouse.silver import by_source
 
-        if memo is not None and memo in self.memo:
-            return self.memo[memo]
-        out = by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of)), columns)
-        if memo is not None:
-            self.memo[memo] = out
-        return out
-
-    def columns(self, name: str, columns: list[str]) -> pl.DataFrame:
-        """`columns` of a table, the ones `silver` does not hold read from storage (`read_columns`)."""
-        from transforms.schema import TABLES
-
-        frame = self.table(name)
-        absent = [c for c in columns if c not in frame.columns]
-        if not absent:
-            return frame.select(columns)
-        if self.read_columns is None:
-            raise KeyError(f"{name} has no column(s) {', '.join(absent)}")
-        keys = ["source_id", TABLES[name].key]
-        held = list(dict.fromkeys([*keys, *(c for c in columns if c not in absent)]))
-        return frame.select(held).join(self.read_columns(name, absent), on=keys, how="left").select(columns)
+        return by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of)), columns)
 
 
 def evidence_figures_per_report(ctx: RuleContext) -> pl.DataFrame:

@@ -85,7 +85,7 @@ _SHINGLES = {"doc": pl.Int64, "h": pl.UInt64}
 def _judged(one: RuleContext) -> pl.DataFrame:
     """The reports of one source F6 can judge: with a project and a summary."""
     return (
-        one.columns("stage_reports", _JUDGED)
+        one.table("stage_reports").select(_JUDGED)
         .filter(pl.col("project_id").is_not_null() & pl.col("summary").is_not_null())
         .unique(subset=["source_id", "report_id"], keep="first")
     )
