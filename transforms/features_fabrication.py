@@ -4,7 +4,8 @@
 - `near_pairs`: every pair of distinct values within a
   Hamming distance, by multi-index hashing (pigeonhole on bands: no all-pairs).
 - `earliest_other_project`: for rows grouped by "the same content", the earliest row of another project.
-- `shingle_hashes`, `boilerplate_shingles`, `minhash_signatures`, `lsh_candidate_pairs`, `jaccard_pairs`:
+- `shingle_hashes`, `boilerplate_shingles`, `minhash_signatures`, `lsh_candidate_pairs`, `ShingleSets`,
+  `jaccard_pairs`:
   character n-gram near-duplicate detection for Chinese text (no word boundaries needed).
 - `digit_profile`: first-digit (Benford), last-digit and round-number counts of a set of numbers per entity.
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 from itertools import combinations
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -334,34 +336,59 @@ def lsh_candidate_pairs(keys: np.ndarray, live: np.ndarray, max_bucket: int = 20
     return code // n, code % n
 
 
-def shingle_sets(doc: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each document's set of shingles: (doc, h) sorted by document, then hash, without repeats. Sorted
-    in numpy: a hash-based unique of tens of millions of shingles holds several times their size."""
-    order = np.lexsort((h, doc))
-    sdoc, sh = doc[order].astype(np.int64), h[order]
-    del order
-    keep = np.r_[True, (sdoc[1:] != sdoc[:-1]) | (sh[1:] != sh[:-1])]
-    return sdoc[keep], sh[keep]
+class ShingleSets(NamedTuple):
+    """Documents' shingle sets in one flat array: document `ids[x]` (sorted, distinct) has the sorted,
+    distinct hashes `h[first[x]:first[x] + size[x]]`. Eight bytes a shingle and none for its document,
+    so the sets of a few hundred thousand candidate reports are held at the cost of their hashes."""
+
+    ids: np.ndarray
+    first: np.ndarray
+    size: np.ndarray
+    h: np.ndarray
+
+    @classmethod
+    def of(cls, doc: np.ndarray, h: np.ndarray) -> ShingleSets:
+        """From shingle occurrences (repeats allowed), sorted in numpy: a hash-based unique of tens of
+        millions of shingles holds several times their size."""
+        order = np.lexsort((h, doc))
+        sdoc, sh = doc[order].astype(np.int64), h[order].astype(np.uint64)
+        del order
+        keep = np.r_[True, (sdoc[1:] != sdoc[:-1]) | (sh[1:] != sh[:-1])][:len(sdoc)]
+        sdoc, sh = sdoc[keep], sh[keep]
+        first = np.flatnonzero(np.r_[True, sdoc[1:] != sdoc[:-1]][:len(sdoc)])
+        return cls(sdoc[first], first, np.diff(np.r_[first, len(sdoc)]), sh)
+
+    @classmethod
+    def concat(cls, parts: list[ShingleSets]) -> ShingleSets:
+        """The sets of parts over disjoint documents as one: the hashes copied once, the index sorted."""
+        if not parts:
+            return cls.of(np.empty(0, np.int64), np.empty(0, np.uint64))
+        offsets = np.cumsum([0] + [len(p.h) for p in parts[:-1]])
+        ids = np.concatenate([p.ids for p in parts])
+        first = np.concatenate([p.first + off for p, off in zip(parts, offsets, strict=True)])
+        size = np.concatenate([p.size for p in parts])
+        h = np.concatenate([p.h for p in parts])
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], first[order], size[order], h)
 
 
-def jaccard_pairs(doc: np.ndarray, h: np.ndarray, a: np.ndarray, b: np.ndarray,
-                  pairs_per_batch: int = 100_000) -> np.ndarray:
-    """Exact Jaccard of the shingle sets of documents a[i] and b[i] (`doc`, `h`: shingles, repeats allowed).
+def jaccard_pairs(sets: ShingleSets, a: np.ndarray, b: np.ndarray, pairs_per_batch: int = 100_000) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of documents a[i] and b[i] (a document without a set has none).
 
     Vectorized: each pair's shingles are keyed by (pair, shingle) on both sides, and the intersection is
-    the number of a-side keys also on the b-side (one sorted membership test for all pairs)."""
+    the number of a-side keys also on the b-side (one hashed membership test for all pairs)."""
     if len(a) == 0:
         return np.empty(0, dtype=np.float64)
-    sdoc, sh = shingle_sets(doc, h)
-    ids, first, size = np.unique(sdoc, return_index=True, return_counts=True)
+    ids, first, size, sh = sets
+    if len(ids) == 0:
+        return np.zeros(len(a), dtype=np.float64)
 
-    def side(docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pos = np.searchsorted(ids, docs)
-        ok = (pos < len(ids)) & (ids[np.minimum(pos, len(ids) - 1)] == docs)
-        n = np.where(ok, size[np.minimum(pos, len(ids) - 1)], 0)
+    def side(docs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.minimum(np.searchsorted(ids, docs), len(ids) - 1)
+        n = np.where(ids[pos] == docs, size[pos], 0)
         pair = np.repeat(np.arange(len(docs)), n)
         off = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-        rows = np.repeat(first[np.minimum(pos, len(ids) - 1)], n) + off
+        rows = np.repeat(first[pos], n) + off
         with np.errstate(over="ignore"):
             key = _splitmix64(sh[rows] ^ _splitmix64(pair.astype(np.uint64)))
         return n, pair, key

@@ -28,6 +28,7 @@ from expectations.gx_runner import Check
 from expectations.rules.base import RuleContext
 from expectations.settings import Param
 from transforms.features_fabrication import (
+    ShingleSets,
     band_keys,
     boilerplate_shingles,
     drop_shingles,
@@ -36,7 +37,6 @@ from transforms.features_fabrication import (
     minhash_signatures,
     normalize_text,
     shingle_hashes,
-    shingle_sets,
     ts_json,
 )
 
@@ -109,41 +109,25 @@ def _over_texts(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, max_c
     return ctx.by_source(per_source, columns={"stage_reports": ["summary"]})
 
 
-def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
-    reports = (
-        ctx.by_source(lambda one: _judged(one).drop("summary"), columns={"stage_reports": ["summary"]})
-        .sort("submitted_at", "source_id", "report_id", nulls_last=True)
-        .with_row_index("doc")
-    )
-    n = reports.height
-    if n < 2:
-        return pl.DataFrame()
-    k, max_chars, chunk = params["shingle_k"], params["max_chars"], params["chunk_docs"]
+def _shingles(docs: np.ndarray, texts: pl.Series, k: int, chunk: int) -> pl.DataFrame:
+    """Every shingle occurrence of the texts, batch by batch (the working arrays of shingling: ~30 bytes a
+    character)."""
+    parts = []
+    for lo in range(0, len(texts), chunk):
+        d, h = shingle_hashes(texts.slice(lo, chunk), k)
+        parts.append(pl.DataFrame({"doc": docs[lo + d], "h": h}, schema=_SHINGLES))
+    return pl.concat(parts) if parts else pl.DataFrame(schema=_SHINGLES)
 
-    def shingles(stop: np.ndarray | None) -> Callable[[np.ndarray, pl.Series], pl.DataFrame]:
-        def each(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
-            parts = []
-            for lo in range(0, len(texts), chunk):  # the working arrays of shingling: ~30 bytes a character
-                d, h = shingle_hashes(texts.slice(lo, chunk), k)
-                if stop is not None:
-                    d, h = drop_shingles(d, h, stop)
-                parts.append(pl.DataFrame({"doc": docs[lo + d], "h": h}, schema=_SHINGLES))
-            return pl.concat(parts) if parts else pl.DataFrame(schema=_SHINGLES)
-        return each
 
-    rng = np.random.default_rng(20261129)
-    sample = np.sort(rng.choice(n, min(n, params["df_sample_docs"]), replace=False))
-    sampled = _over_texts(ctx, reports, sample, max_chars, shingles(None), _SHINGLES)
-    stop = boilerplate_shingles(sampled["doc"].to_numpy(), sampled["h"].to_numpy(), len(sample),
-                                params["max_df_share"], params["min_df_docs"])
-    del sampled
-
+def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Each report's LSH band keys (n × bands) and whether it has enough specific shingles to judge."""
+    n, k, chunk = reports.height, params["shingle_k"], params["chunk_docs"]
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
     live = np.zeros(n, dtype=bool)
 
     def sketch(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
-        """Each report's LSH band keys, written into `keys` at its doc number (sources never share one)."""
+        """Written into `keys` at each report's doc number (sources never share one)."""
         for lo in range(0, len(texts), chunk):
             part = docs[lo:lo + chunk]
             d, h = drop_shingles(*shingle_hashes(texts.slice(lo, chunk), k), stop)
@@ -154,19 +138,56 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
             live[part] = ok
         return pl.DataFrame({"sketched": [len(docs)]})
 
-    _over_texts(ctx, reports, np.arange(n), max_chars, sketch, {"sketched": pl.Int64})
+    _over_texts(ctx, reports, np.arange(n), params["max_chars"], sketch, {"sketched": pl.Int64})
+    return keys, live
 
-    i, j = lsh_candidate_pairs(keys, live, params["max_bucket"])  # i < j: i is the earlier report
+
+def _candidate_sets(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, stop: np.ndarray,
+                    params: dict) -> ShingleSets:
+    """The specific shingle sets of the reports `docs`, source by source and batch by batch like the
+    sketches; each batch's sets are kept as sorted hashes only, then put together once."""
+    k, chunk = params["shingle_k"], params["chunk_docs"]
+    parts: list[ShingleSets] = []
+
+    def sets(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
+        for lo in range(0, len(texts), chunk):
+            one = ShingleSets.of(*drop_shingles(*shingle_hashes(texts.slice(lo, chunk), k), stop))
+            parts.append(one._replace(ids=docs[lo + one.ids]))
+        return pl.DataFrame({"sets": [len(docs)]})
+
+    _over_texts(ctx, reports, docs, params["max_chars"], sets, {"sets": pl.Int64})
+    return ShingleSets.concat(parts)
+
+
+def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
+    reports = (
+        ctx.by_source(lambda one: _judged(one).drop("summary"), columns={"stage_reports": ["summary"]})
+        .sort("submitted_at", "source_id", "report_id", nulls_last=True)
+        .with_row_index("doc")
+    )
+    n = reports.height
+    if n < 2:
+        return pl.DataFrame()
+    k, chunk = params["shingle_k"], params["chunk_docs"]
+
+    rng = np.random.default_rng(20261129)
+    sample = np.sort(rng.choice(n, min(n, params["df_sample_docs"]), replace=False))
+    sampled = _over_texts(ctx, reports, sample, params["max_chars"], lambda d, t: _shingles(d, t, k, chunk),
+                          _SHINGLES)
+    stop = boilerplate_shingles(sampled["doc"].to_numpy(), sampled["h"].to_numpy(), len(sample),
+                                params["max_df_share"], params["min_df_docs"])
+    del sampled
+
+    # i < j: i is the earlier report. The band keys (n × 32 values) are freed once bucketed.
+    i, j = lsh_candidate_pairs(*_band_keys(ctx, reports, stop, params), params["max_bucket"])
     if len(i) == 0:
         return pl.DataFrame()
-    project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").alias("p"))["p"].to_numpy()
-    # The candidates' shingles again, source by source and batch by batch like the sketches.
-    candidates = _over_texts(ctx, reports, np.unique(np.r_[i, j]), max_chars, shingles(stop), _SHINGLES)
-    sdoc, sh = shingle_sets(candidates["doc"].to_numpy(), candidates["h"].to_numpy())
+    project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").rank("dense"))
+    project = project.to_series().to_numpy()
+    candidates = _candidate_sets(ctx, reports, np.unique(np.r_[i, j]), stop, params)
+    jac = jaccard_pairs(candidates, i, j)
+    n_sh = pl.DataFrame({"doc": candidates.ids, "len": candidates.size}, schema={"doc": pl.Int64, "len": pl.UInt32})
     del candidates
-    jac = jaccard_pairs(sdoc, sh, i, j)
-    ids, counts = np.unique(sdoc, return_counts=True)
-    n_sh = pl.DataFrame({"doc": ids, "len": counts}, schema={"doc": pl.Int64, "len": pl.UInt32})
 
     pairs = pl.DataFrame({"doc": j.astype(np.uint32), "orig": i.astype(np.uint32), "jaccard": np.round(jac, 4),
                           "same_project": project[i] == project[j]})
