@@ -213,7 +213,10 @@ def robust_fence(
         raise ValueError(f"scale must be 'raw' or 'log1p', not {scale!r}")
     # Quantiles of the counts (`count_quantiles`), then put on the fence's scale: quantiles commute with
     # a monotone transform, so log1p(Q) is the quantile of log1p(count).
-    base = frame.with_columns(pl.col(value).cast(pl.Int64).clip(lower_bound=0).alias("_x"))
+    # The fence is worked out on the columns it needs and put beside `frame` at the end: each level's join
+    # copies what it joins, and a report frame of millions of rows is wide.
+    base = frame.select(*dict.fromkeys(["source_id", "unit_code", group]),
+                        pl.col(value).cast(pl.Int64).clip(lower_bound=0).alias("_x"))
     fwd = (lambda e: e.clip(lower_bound=0).log1p()) if scale == "log1p" else (lambda e: e.clip(lower_bound=0))
     back = _expm1 if scale == "log1p" else (lambda e: e)
     min_sizes = {"unit": min_group_unit, "source": min_group, "city": min_group}
@@ -229,7 +232,7 @@ def robust_fence(
                 *[fwd(pl.col(f"_q{i}")).alias(f"_q{i + 1}_{level}") for i in range(3)],
             )
         )
-        out = out.join(stats, on=keys, how="left", nulls_equal=False)
+        out = out.join(stats, on=keys, how="left", nulls_equal=False, maintain_order="left")
     has = {lv: pl.col(f"_n_{lv}").is_not_null() for lv in LEVELS}
 
     def pick(stat: str) -> pl.Expr:
@@ -245,7 +248,7 @@ def robust_fence(
     median = back(q2)
     fence = back(q3 + k * (q3 - q1))
     threshold = pl.max_horizontal(fence, median + min_excess, median * min_ratio)
-    return out.with_columns(
+    return frame.hstack(out.select(
         level.alias("fence_level"),
         fence_group.alias("fence_group"),
         pick("n").cast(pl.Int64).alias("group_size"),
@@ -254,7 +257,7 @@ def robust_fence(
         back(q3).alias("q3"),
         fence.alias("fence"),
         threshold.alias("threshold"),
-    ).drop(["_x", *[f"_{s}_{lv}" for s in ("n", "q1", "q2", "q3") for lv in LEVELS]])
+    ).get_columns())
 
 
 def fence_detail_fields() -> list[pl.Expr]:

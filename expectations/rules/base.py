@@ -57,12 +57,21 @@ class RuleContext:
         return by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of)), columns)
 
 
-def evidence_figures_per_report(ctx: RuleContext) -> pl.DataFrame:
-    """`transforms.features_traces.evidence_per_report`, source by source (evidence is not held)."""
-    from transforms.features_traces import EVIDENCE_PER_REPORT_COLUMNS, evidence_per_report
+def reports_with_evidence_figures(ctx: RuleContext) -> pl.DataFrame:
+    """Every report with its stage and its evidence figures (`transforms.features_traces.
+    reports_with_evidence`), built source by source: evidence is not held, and the joins that give a
+    report its stage copy wide frames, a shard at a time rather than millions of reports at once."""
+    from transforms.features_traces import (
+        EVIDENCE_PER_REPORT_COLUMNS,
+        evidence_per_report,
+        reports_with_evidence,
+    )
 
-    return ctx.by_source(lambda one: evidence_per_report(one.table("evidence")),
-                         columns={"evidence": EVIDENCE_PER_REPORT_COLUMNS})
+    return ctx.by_source(
+        lambda one: reports_with_evidence(one.table("stage_reports"), one.table("milestones"),
+                                          one.table("projects"), evidence_per_report(one.table("evidence"))),
+        columns={"evidence": EVIDENCE_PER_REPORT_COLUMNS},
+    )
 
 
 def within_threshold(rule_id: str, entity_type: str, value_column: str, note: str) -> Check:

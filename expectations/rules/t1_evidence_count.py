@@ -14,9 +14,9 @@ from typing import Any
 import polars as pl
 
 from expectations.gx_runner import Check
-from expectations.rules.base import RuleContext, evidence_figures_per_report, within_threshold
+from expectations.rules.base import RuleContext, reports_with_evidence_figures, within_threshold
 from expectations.settings import Param
-from transforms.features_traces import fence_detail_fields, reports_with_evidence, robust_fence
+from transforms.features_traces import fence_detail_fields, robust_fence
 
 RULE_ID = "T1"
 ENTITY_TYPE = "report"
@@ -60,10 +60,7 @@ PARAMS: dict[str, Param] = {
 
 
 def features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
-    frame = reports_with_evidence(
-        ctx.table("stage_reports"), ctx.table("milestones"), ctx.table("projects"),
-        evidence_figures_per_report(ctx),
-    )
+    frame = reports_with_evidence_figures(ctx)
     return robust_fence(
         frame, "n_items", scale=params["scale"], k=params["fence_k"], min_group_unit=params["min_group_unit"],
         min_group=params["min_group"], min_excess=params["min_excess"], min_ratio=params["min_ratio"],

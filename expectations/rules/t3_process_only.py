@@ -16,9 +16,8 @@ import great_expectations as gx
 import polars as pl
 
 from expectations.gx_runner import Check
-from expectations.rules.base import RuleContext, evidence_figures_per_report
+from expectations.rules.base import RuleContext, reports_with_evidence_figures
 from expectations.settings import Param
-from transforms.features_traces import reports_with_evidence
 
 RULE_ID = "T3"
 ENTITY_TYPE = "report"
@@ -39,10 +38,7 @@ PARAMS: dict[str, Param] = {
 
 
 def features(ctx: RuleContext, params: dict[str, Any]) -> pl.DataFrame:
-    frame = reports_with_evidence(
-        ctx.table("stage_reports"), ctx.table("milestones"), ctx.table("projects"),
-        evidence_figures_per_report(ctx),
-    ).filter(pl.col("n_items") > 0)
+    frame = reports_with_evidence_figures(ctx).filter(pl.col("n_items") > 0)
     share = pl.col("n_process") / pl.col("n_items")
     eligible = (pl.col("n_items") >= params["min_items"]) & (pl.col("n_outcome") == 0)
     return frame.with_columns(
