@@ -67,9 +67,11 @@ class MartInputs:
     # the alert outbox (flows.outbox.outbox_frame): tonight's alerts with raised_at/sent_at; None: alerts
     # are computed from the flags, all pending.
     outbox: pl.DataFrame | None = None
-    # `evidence_by_report(ctx)` when already read for these silver and flags (`build_all` reads it once
-    # for every mart); None: read when a builder needs it.
+    # `evidence_by_report(ctx)`, `project_flags(ctx)` and `project_facts(ctx)` when already worked out for
+    # these silver and flags (`build_all` does each once for every mart); None: when a builder needs it.
     evidence_by_report: pl.DataFrame | None = None
+    project_flags: pl.DataFrame | None = None
+    project_facts: pl.DataFrame | None = None
 
     def table(self, name: str) -> pl.DataFrame:
         """A silver table, or an empty frame with its schema when the run has none. Not evidence: the
@@ -170,10 +172,10 @@ def milestone_facts(ctx: MartInputs) -> pl.DataFrame:
     )
 
 
-def reports_as_of(ctx: MartInputs) -> pl.DataFrame:
-    """Stage reports submitted on or before `as_of`."""
-    r = ctx.table("stage_reports")
-    return r.filter(local_date("submitted_at") <= pl.lit(ctx.as_of, dtype=pl.Date()))
+def reports_as_of(ctx: MartInputs) -> pl.LazyFrame:
+    """Stage reports submitted on or before `as_of`, lazily: a city has millions of reports, and a query
+    over them copies only the columns it reads."""
+    return ctx.table("stage_reports").lazy().filter(local_date("submitted_at") <= pl.lit(ctx.as_of, dtype=pl.Date()))
 
 
 def source_table(one: dict[str, pl.DataFrame], name: str) -> pl.DataFrame:
@@ -284,6 +286,8 @@ def project_flags(ctx: MartInputs) -> pl.DataFrame:
     A flag counts for a project when raised on the project, or on one of its milestones, stage reports or
     evidence items. Only projects with at least one such flag appear.
     """
+    if ctx.project_flags is not None:
+        return ctx.project_flags
     flags = ctx.flag_frame()
     both = flags.join(entity_projects(ctx, only=flags), on=["source_id", "entity_type", "entity_id"], how="inner")
     cols = ("source_id", "project_id", "family", "rule_id", "severity")
@@ -346,14 +350,18 @@ def project_facts(ctx: MartInputs) -> pl.DataFrame:
       them, filed on or before as_of.
     * acceptance_missing: 1 when the project is marked completed but no acceptance milestone is completed.
     """
+    if ctx.project_facts is not None:
+        return ctx.project_facts
     as_of = pl.lit(ctx.as_of, dtype=pl.Date())
     keys = ["source_id", "project_id"]
     stage_rank = {s: i for i, s in enumerate(STAGES)}
-    ms = milestone_facts(ctx).with_columns(
+    # One lazy query: the city's reports and milestones are millions of rows, and only the columns the
+    # counts read are carried through its joins.
+    ms = milestone_facts(ctx).lazy().with_columns(
         stage_rank=pl.col("stage").replace_strict(stage_rank, default=len(STAGES), return_dtype=pl.Int64)
     )
     reports = reports_as_of(ctx).with_columns(submitted_on=local_date("submitted_at"))
-    outcome = evidence_by_report(ctx).filter(pl.col("has_outcome")).select(
+    outcome = evidence_by_report(ctx).lazy().filter(pl.col("has_outcome")).select(
         "source_id", "report_id", "has_outcome")
     per_report_ms = (
         reports.filter(pl.col("milestone_id").is_not_null())
@@ -389,14 +397,14 @@ def project_facts(ctx: MartInputs) -> pl.DataFrame:
     per_rp = reports.group_by(keys).agg(
         reports_filed=pl.len().cast(pl.Int64), last_report_on=pl.col("submitted_on").max()
     )
-    projects = ctx.table("projects").select(
+    projects = ctx.table("projects").lazy().select(
         "source_id", "project_id", "unit_code", "owner_id", "leader_id", "status", "planned_start"
     )
     counts = [c for c in POOLED if c != "acceptance_missing"]
     return (
         projects.join(per_ms, on=keys, how="left")
         .join(per_rp, on=keys, how="left")
-        .join(project_flags(ctx), on=keys, how="left")
+        .join(project_flags(ctx).lazy(), on=keys, how="left")
         .with_columns(pl.col(c).fill_null(0).cast(pl.Int64) for c in counts)
         .with_columns(
             acceptance_missing=((pl.col("status") == "completed") & ~pl.col("acceptance_done").fill_null(False))
@@ -407,6 +415,7 @@ def project_facts(ctx: MartInputs) -> pl.DataFrame:
             rules_fired=pl.col("rules_fired").fill_null(pl.lit([], dtype=pl.List(pl.String()))),
         )
         .drop("acceptance_done", "planned_start")
+        .collect()
     )
 
 
@@ -450,8 +459,11 @@ MART_KEYS: dict[str, tuple[str, ...]] = {name: m.KEYS for name, m in ALL_MODULES
 
 
 def build_all(ctx: MartInputs) -> dict[str, pl.DataFrame]:
-    """Every nightly mart, in registry order, over one reading of the evidence (`evidence_by_report`)."""
+    """Every nightly mart, in registry order, over one reading of the evidence (`evidence_by_report`) and
+    the per-project figures worked out once (`project_flags`, `project_facts`)."""
     ctx = replace(ctx, evidence_by_report=evidence_by_report(ctx))
+    ctx = replace(ctx, project_flags=project_flags(ctx))
+    ctx = replace(ctx, project_facts=project_facts(ctx))
     return {name: build(ctx) for name, build in MARTS.items()}
 
 

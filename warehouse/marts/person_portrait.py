@@ -166,6 +166,7 @@ def build(ctx: MartInputs) -> pl.DataFrame:
         .filter(pl.col("submitted_by").is_not_null())
         .group_by("source_id", pl.col("submitted_by").alias("person_id"))
         .agg(reports_filed_by=pl.len().cast(pl.Int64))
+        .collect()
     )
     direct = (
         ctx.flag_frame()

@@ -195,7 +195,7 @@ def build(ctx: MartInputs) -> pl.DataFrame:
         project_facts(ctx)
         .lazy()
         .join(projects.lazy(), on=keys, how="left")
-        .join(latest_progress.lazy(), on=keys, how="left")
+        .join(latest_progress, on=keys, how="left")
         .with_columns(
             current_stage=pl.when(pl.col("milestones_total") == 0)
             .then(None)
