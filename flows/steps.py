@@ -7,6 +7,9 @@ source when a rule asks, `warehouse.silver`) → rules → marts → publish.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import logging
 import os
 import shutil
@@ -384,7 +387,7 @@ def evaluate(
         contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
         deadline_flags(silver, as_of),
-        rule_flags(RuleContext(silver, as_of), validator),
+        rule_flags(RuleContext(silver, as_of), validator, after_each=release_freed_memory),
     ]).unique(maintain_order=True)
     if docs_dir is not None:
         shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs
@@ -393,6 +396,16 @@ def evaluate(
         except Exception:  # noqa: BLE001 — the flags and marts matter more than their HTML rendering
             log.exception("building the Data Docs in %s failed", docs_dir)
     return silver, flags
+
+
+def release_freed_memory() -> None:
+    """Give back to the system what the night has freed, between its heavy steps: cyclic garbage (the
+    per-source stage leaves ~160 MB at 96 × 5,000), and the free pages glibc keeps in each thread's
+    heap (~200 MB more). The cross-source stage then starts from what is live, not from the peak of
+    what came before. (Polars' own allocator hands its pages back by itself, within seconds.)"""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim this way
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def sources_frame(registry: Registry, outcomes: dict[str, SourceOutcome], flags: pl.DataFrame) -> pl.DataFrame:
@@ -434,10 +447,12 @@ def finish_night(
     run_id: str, dry_run_mail: Path | None = None,
 ) -> NightResult:
     t0 = time.perf_counter()
+    release_freed_memory()  # what the per-source stage freed
     for o in outcomes.values():
         if o.status != "ok" and o.last_good is None:
             o.last_good = state.last_good(o.source_id, before=as_of)
     silver, flags = evaluate(layout, registry, outcomes, as_of, docs_dir=layout.docs(as_of))
+    release_freed_memory()
     t_rules = time.perf_counter()
     sources = sources_frame(registry, outcomes, flags)
     outbox, mail = alert_stage(layout, state, registry, outcomes, as_of, silver, flags, sources, dry_run_mail)

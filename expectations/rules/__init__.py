@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import re
+from collections.abc import Callable
 from types import ModuleType
 
 import polars as pl
@@ -28,11 +29,14 @@ def rule_modules() -> list[ModuleType]:
     return sorted(modules, key=lambda m: (m.RULE_ID[0], int(m.RULE_ID[1:])))
 
 
-def rule_flags(ctx: RuleContext, validator: Validator, only: set[str] | None = None) -> pl.DataFrame:
-    """Every rule's flags for tonight (or those in `only`)."""
+def rule_flags(ctx: RuleContext, validator: Validator, only: set[str] | None = None,
+               after_each: Callable[[], None] | None = None) -> pl.DataFrame:
+    """Every rule's flags for tonight (or those in `only`); `after_each()` runs after each rule."""
     parts = [empty_flags()]
     for module in rule_modules():
         if only and module.RULE_ID not in only:
             continue
         parts.append(run_rule(module, ctx, validator, rule_params(module.RULE_ID, module.PARAMS)))
+        if after_each is not None:
+            after_each()
     return pl.concat(parts)
