@@ -240,7 +240,7 @@ def _evidence_rule_city() -> dict[str, pl.DataFrame]:
 def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path, shard_rows):
     """`RuleContext.by_source` over a CitySilver (evidence read per source, references resolved per
     source) gives what the same rules give with every table held at once."""
-    from expectations.rules import rule_flags
+    from expectations.rules import rule_flags, rule_modules
     from expectations.rules.base import RuleContext
     from warehouse.layout import Layout
     from warehouse.silver import CitySilver
@@ -255,8 +255,10 @@ def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path,
     assert len(city.shards) == (2 if shard_rows == 1 else 1)
     held = resolve_references({t: pl.concat([one[t], other[t]]) for t in one})
     rules = {"T1", "T2", "T3", "T4", "T5", "F2", "F4", "F7"}
-    sharded = rule_flags(RuleContext(city, AS_OF), Validator(), only=rules)
+    after = []  # the night gives freed memory back after each rule
+    sharded = rule_flags(RuleContext(city, AS_OF), Validator(), only=rules, after_each=lambda: after.append(1))
     whole = rule_flags(RuleContext(held, AS_OF), Validator(), only=rules)
+    assert len(after) == len([m for m in rule_modules() if m.RULE_ID in rules])
     order = ["rule_id", "source_id", "entity_id", "detail"]
     assert set(whole["rule_id"]) == rules
     assert set(whole.filter(pl.col("source_id") == "t")["rule_id"]) == rules
