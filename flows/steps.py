@@ -395,6 +395,7 @@ def evaluate(
             validator.build_docs()
         except Exception:  # noqa: BLE001 — the flags and marts matter more than their HTML rendering
             log.exception("building the Data Docs in %s failed", docs_dir)
+    validator.close()  # the results are rendered: GX would keep them for the life of the process
     return silver, flags
 
 

@@ -120,3 +120,23 @@ def test_a_city_without_evidence_runs_no_evidence_suite(tmp_path):
     flags = contract_suite_flags(validator, CitySilver.load(layout, write_silver(layout, tables), shard_rows=1, hold_rows=0))
     assert flags.filter(pl.col("entity_type") == "evidence").is_empty()
     assert "contract_evidence" not in {s.name for s in validator.context.suites.all()}
+
+
+def test_a_closed_validator_lets_go_of_its_results_but_not_of_a_newer_one():
+    """GX keeps the context it made last in a module-level project manager, with every validation result
+    of the night in it; `close` lets go of it (the night's memory), and leaves a newer Validator's alone."""
+    import gc
+    import weakref
+
+    older = Validator()
+    newer = Validator()
+    newer.run("newer", evidence_features(), ["source_id", "evidence_id"], silver_checks("evidence"))
+    older.close()  # not the context GX holds now: the newer one goes on working
+    again = newer.run("again", evidence_features(), ["source_id", "evidence_id"], silver_checks("evidence"))
+    assert {tuple(row) for r in again for row in r.unexpected.rows()} == {
+        ("s", "E3"), ("s", "E4"), ("s", "E5"), ("t", "E1"), ("t", "E2")}
+    context = weakref.ref(newer.context)
+    newer.close()
+    del newer, again  # (a result's expectations belong to their suite, which knows its context)
+    gc.collect()
+    assert context() is None
