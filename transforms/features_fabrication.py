@@ -351,7 +351,8 @@ class ShingleSets(NamedTuple):
         """From shingle occurrences (repeats allowed), sorted in numpy: a hash-based unique of tens of
         millions of shingles holds several times their size."""
         order = np.lexsort((h, doc))
-        sdoc, sh = doc[order].astype(np.int64), h[order].astype(np.uint64)
+        # (the gathers are fresh arrays: cast without a second copy when the types already match)
+        sdoc, sh = doc[order].astype(np.int64, copy=False), h[order].astype(np.uint64, copy=False)
         del order
         keep = np.r_[True, (sdoc[1:] != sdoc[:-1]) | (sh[1:] != sh[:-1])][:len(sdoc)]
         sdoc, sh = sdoc[keep], sh[keep]
