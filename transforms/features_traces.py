@@ -108,15 +108,19 @@ def report_stages(reports: pl.DataFrame, milestones: pl.DataFrame, projects: pl.
 
 def evidence_per_report(evidence: pl.DataFrame) -> pl.DataFrame:
     """One row per report that has evidence: n_items, pages (sum, NULL pages count as 0), n_paged,
-    n_process, n_outcome, and one count per evidence kind (`by_kind`, a struct)."""
+    n_process, n_outcome, and one count per evidence kind (`by_kind`, a struct).
+
+    Counts of items are 32-bit (a report has no 2^31 files): the frame has a row per report of the
+    city (3.2 M at 96 × 5,000), and its eleven counts were half of it at 64 bits. Pages, a sum of
+    values, stay 64-bit."""
     kind = pl.col("kind")
     return evidence.group_by("source_id", "report_id").agg(
-        pl.len().cast(pl.Int64).alias("n_items"),
+        pl.len().cast(pl.Int32).alias("n_items"),
         pl.col("pages").fill_null(0).clip(lower_bound=0).sum().cast(pl.Int64).alias("pages"),
-        pl.col("pages").is_not_null().sum().cast(pl.Int64).alias("n_paged"),
-        kind.is_in(PROCESS_EVIDENCE).sum().cast(pl.Int64).alias("n_process"),
-        kind.is_in(OUTCOME_EVIDENCE).sum().cast(pl.Int64).alias("n_outcome"),
-        pl.struct([(kind == k).sum().cast(pl.Int64).alias(k) for k in KIND_COLUMNS]).alias("by_kind"),
+        pl.col("pages").is_not_null().sum().cast(pl.Int32).alias("n_paged"),
+        kind.is_in(PROCESS_EVIDENCE).sum().cast(pl.Int32).alias("n_process"),
+        kind.is_in(OUTCOME_EVIDENCE).sum().cast(pl.Int32).alias("n_outcome"),
+        pl.struct([(kind == k).sum().cast(pl.Int32).alias(k) for k in KIND_COLUMNS]).alias("by_kind"),
     )
 
 

@@ -69,7 +69,8 @@ def reports_with_evidence_figures(ctx: RuleContext) -> pl.DataFrame:
 
     return ctx.by_source(
         lambda one: reports_with_evidence(one.table("stage_reports"), one.table("milestones"),
-                                          one.table("projects"), evidence_per_report(one.table("evidence"))),
+                                          one.table("projects"), evidence_per_report(one.table("evidence")))
+        .drop("submitted_at", "due_date"),  # no trace rule reads them, and there is a row per report
         columns={"evidence": EVIDENCE_PER_REPORT_COLUMNS},
     )
 
