@@ -25,6 +25,7 @@ from transforms.features_traces import (
     count_quantiles,
     near_duplicate_pairs,
     report_stages,
+    robust_fence,
     window_counts,
 )
 from transforms.phash import parse_phash
@@ -401,6 +402,58 @@ def test_count_quantiles():
     assert [out[1][f"_q{i}"] for i in range(3)] == pytest.approx([1.5, 1.5 + 0.25 / 0.375, 3.0])
     # group 2: one extreme report does not move the quartiles of a stage where everyone files 2
     assert [out[2][f"_q{i}"] for i in range(3)] == pytest.approx([1.5 + p * 41 / 40 for p in (0.25, 0.5, 0.75)])
+
+
+def _continuous_count_quantile(values: list[int], p: float) -> float:
+    """The quantile at `p` of count + U(-1/2, 1/2), straight from its definition."""
+    below = 0
+    for v in sorted(set(values)):
+        share = values.count(v) / len(values)
+        if below <= p < below + share:
+            return v - 0.5 + (p - below) / share
+        below += share
+    raise AssertionError("p outside [0, 1)")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("scale", ["raw", "log1p"])
+def test_robust_fence_matches_brute_force(seed, scale):
+    """Every row's fence against one worked out row by row: the finest level (unit, source, city) whose
+    group of the row's stage is large enough, a row with no unit or no stage in no group of that level,
+    rows without a value judged but not counted."""
+    rng = np.random.default_rng(seed)
+    n = 400
+    frame = pl.DataFrame({
+        "source_id": rng.choice(["A", "B", "C"], n).tolist(),
+        "unit_code": rng.choice(["U1", "U2", "U3", "U4", "U5", "U6", None], n).tolist(),
+        "stage": rng.choice(["initiation", "implementation", "acceptance", None], n,
+                            p=[0.45, 0.35, 0.15, 0.05]).tolist(),
+        "value": [None if rng.random() < 0.05 else int(rng.poisson(4) + (30 if rng.random() < 0.02 else 0))
+                  for _ in range(n)],
+    }, schema={"source_id": pl.String, "unit_code": pl.String, "stage": pl.String, "value": pl.Int64})
+    k, mins = 1.5, {"unit": 14, "source": 25, "city": 25}
+    out = robust_fence(frame, "value", scale=scale, k=k, min_group_unit=mins["unit"], min_group=mins["source"],
+                       min_excess=3, min_ratio=1.5)
+    assert out.height == n and out.select(frame.columns).equals(frame)
+    fwd, back = (np.log1p, np.expm1) if scale == "log1p" else ((lambda x: x), (lambda x: x))
+    rows = frame.rows(named=True)
+    level_keys = {"unit": ("source_id", "unit_code", "stage"), "source": ("source_id", "stage"), "city": ("stage",)}
+    for row, got in zip(rows, out.iter_rows(named=True), strict=True):
+        want = {"fence_level": None, "fence_group": None, "group_size": None, "threshold": None}
+        for level, keys in level_keys.items():
+            if any(row[key] is None for key in keys):
+                continue
+            values = [r["value"] for r in rows if all(r[key] == row[key] for key in keys) and r["value"] is not None]
+            if len(values) < mins[level]:
+                continue
+            q1, q2, q3 = (fwd(max(_continuous_count_quantile(values, p), 0.0)) for p in (0.25, 0.5, 0.75))
+            fence, median = back(q3 + k * (q3 - q1)), back(q2)
+            want = {"fence_level": level, "group_size": len(values), "threshold": max(fence, median + 3, median * 1.5),
+                    "fence_group": {"unit": row["unit_code"], "source": row["source_id"], "city": "city"}[level]}
+            break
+        assert {c: got[c] for c in ("fence_level", "fence_group", "group_size")} == {
+            c: want[c] for c in ("fence_level", "fence_group", "group_size")}
+        assert got["threshold"] == (None if want["threshold"] is None else pytest.approx(want["threshold"]))
 
 
 def test_rules_accept_empty_silver(validator):
