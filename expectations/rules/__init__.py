@@ -8,8 +8,10 @@ name order, each under its own GX suite name (the Validator keeps suite names un
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 import re
+import time
 from collections.abc import Callable
 from types import ModuleType
 
@@ -21,6 +23,7 @@ from expectations.rules.base import RuleContext, run_rule
 from expectations.settings import rule_params
 
 _RULE_MODULE = re.compile(r"^[tf]\d+_")
+log = logging.getLogger("qingfeng.rules")
 
 
 def rule_modules() -> list[ModuleType]:
@@ -36,7 +39,10 @@ def rule_flags(ctx: RuleContext, validator: Validator, only: set[str] | None = N
     for module in rule_modules():
         if only and module.RULE_ID not in only:
             continue
+        started = time.perf_counter()
         parts.append(run_rule(module, ctx, validator, rule_params(module.RULE_ID, module.PARAMS)))
+        log.info("rule %s (%s): %d flags in %.1f s", module.RULE_ID, module.__name__.rsplit(".", 1)[-1],
+                 parts[-1].height, time.perf_counter() - started)
         if after_each is not None:
             after_each()
     return pl.concat(parts)
