@@ -9,7 +9,7 @@ a real Prefect flow run, real Parquet, real .eml files):
 Covered elsewhere, not repeated here: header and HTML injection and the SMTP password in send errors
 (tests/test_mail.py: test_hostile_text_is_escaped_and_cannot_add_headers_or_recipients,
 test_password_never_appears_in_errors); masking over hand-made mart inputs (tests/test_marts.py:
-test_no_unmasked_pii_in_any_mart, test_mask_pii_expression); a dated delivery folder that is a symlink out
+test_no_unmasked_pii_in_any_mart; the patterns themselves in tests/test_pii.py); a dated delivery folder that is a symlink out
 of the source folder, at the `list_deliveries` level (tests/test_extract.py:
 test_filedrop_newest_delivery_once_and_no_escape).
 """
@@ -447,11 +447,13 @@ PHONE_IN_ID = "13698765432"
 ID_CARD = "11010119900307123X"
 ID_CARD_LOWER = "51010719850615432x"
 ID_CARD_FULLWIDTH = "３２０１０２１９７９０１０１２３４Ｘ"
-_UNMASKED_PHONE = re.compile(r"(?<![0-9A-Za-z])1[3-9][0-9]{9}(?![0-9A-Za-z])")
-_UNMASKED_ID = re.compile(r"(?<![0-9A-Za-z])[0-9]{17}[0-9Xx](?![0-9A-Za-z])")
+PHONE_WRITTEN = "+86 158-1234-9876"  # a country prefix, the groups split by a space and hyphens
+ID_CARD_15 = "320102790101234"  # first generation: area, YYMMDD, sequence
+_UNMASKED_PHONE = re.compile(r"(?<![0-9A-Za-z])1[3-9][0-9][- ]?[0-9]{4}[- ]?[0-9]{4}(?![0-9A-Za-z])")
+_UNMASKED_ID = re.compile(r"(?<![0-9A-Za-z])(?:[0-9]{17}[0-9Xx]|[1-8][0-9]{14})(?![0-9A-Za-z])")
 # What the planted numbers look like masked (full-width digits stay full-width).
 MASKED = ("139****5678", "１３７****５６７８", "110101********123X", "510107********432x",
-          "３２０１０２********２３４Ｘ")
+          "３２０１０２********２３４Ｘ", "+86 158-****-9876", "320102******234")
 
 
 def _unmasked(text: str) -> list[str]:
@@ -462,13 +464,13 @@ def _unmasked(text: str) -> list[str]:
 
 # canonical table -> {canonical column: (text put before, text put after)}
 PLANT = {
-    "projects": {"title": ("", f"（联系人电话{PHONE}，备用{PHONE_FULLWIDTH}）")},
+    "projects": {"title": ("", f"（联系人电话{PHONE}，备用{PHONE_FULLWIDTH}，{PHONE_WRITTEN}）")},
     "units": {"unit_name": ("", f"（法人身份证{ID_CARD}）")},
     "persons": {"name": ("", f"（身份证{ID_CARD_FULLWIDTH}）")},
-    "problems": {"description": (f"举报人身份证{ID_CARD_LOWER}，电话{PHONE}：", ""),
+    "problems": {"description": (f"举报人身份证{ID_CARD_LOWER}，电话{PHONE}，旧身份证{ID_CARD_15}：", ""),
                  # a hotline ticket id that carries the caller's number
                  "problem_id": (f"RX-{PHONE_IN_ID}-", "")},
-    "stage_reports": {"summary": ("", f" 联系电话：{PHONE}")},
+    "stage_reports": {"summary": ("", f" 联系电话：{PHONE}，{PHONE_WRITTEN}；经办人旧身份证{ID_CARD_15}")},
 }
 
 
@@ -536,7 +538,8 @@ def test_phone_and_id_numbers_are_masked_in_every_mart_and_email(tmp_path):
     # The planted numbers did get into silver (so the checks below are not vacuous) ...
     silver_text = "\n".join(s for p in layout.silver.rglob("*.parquet")
                             for s in _all_strings(pl.read_parquet(p).rows()))
-    for raw in (PHONE, PHONE_FULLWIDTH, ID_CARD, ID_CARD_LOWER, ID_CARD_FULLWIDTH, PHONE_IN_ID):
+    for raw in (PHONE, PHONE_FULLWIDTH, ID_CARD, ID_CARD_LOWER, ID_CARD_FULLWIDTH, PHONE_IN_ID, PHONE_WRITTEN,
+                ID_CARD_15):
         assert raw in silver_text or unicodedata.normalize("NFKC", raw) in silver_text, raw
 
     # ... every mart column shows them masked only

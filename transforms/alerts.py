@@ -22,6 +22,8 @@ from datetime import date
 
 import polars as pl
 
+from transforms.pii import mask_pii
+
 # A deliberately strict address: what a source may put in an email column reaches an SMTP envelope.
 # (Underscores are allowed in domain labels: some registries use them.)
 EMAIL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9])?"
@@ -29,19 +31,6 @@ EMAIL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9
 
 REMIND_THRESHOLDS = (7, 1)  # days before due: the first reminder, then the day before
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
-
-# Digits may be full-width (contract §6): a number written so is the same number (same masks as the marts).
-_D, _A = "[0-9０-９]", "[0-9A-Za-z０-９Ａ-Ｚａ-ｚ]"  # a digit; a character that would continue a number
-_PHONE = re.compile(rf"(?<!{_A})([1１][3-9３-９]{_D}){_D}{{4}}({_D}{{4}})(?!{_A})")
-_ID_CARD = re.compile(rf"(?<!{_A})({_D}{{6}}){_D}{{8}}({_D}{{3}}[0-9０-９XxＸｘ])(?!{_A})")
-
-
-def mask_pii(text: str | None) -> str | None:
-    """Mobile numbers -> 138****1234, resident ids -> 110101********1234 (same masks as the marts)."""
-    if text is None:
-        return None
-    return _ID_CARD.sub(r"\1********\2", _PHONE.sub(r"\1****\2", text))
-
 
 def valid_email(value: str | None) -> str | None:
     """The address if it is a plain, strict addr-spec, else None."""

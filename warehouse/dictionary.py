@@ -43,7 +43,7 @@ qingfeng sample --warehouse DIR --as-of 2026-11-29 --n 20 --seed 7      # draws 
 ```
 
 Personal data: no mart carries a phone or an ID-card number; every text column is masked as a safety net
-(138****1234, 110101********1234).
+(138****1234, +86 138-****-1234, 110101********1234, 110101******123).
 
 Scores are weighted means of named components (each its own column, 0–100, NULL when there is nothing
 to judge); the weights are renormalized over the defined components. Weights, cut-offs and thresholds

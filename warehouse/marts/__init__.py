@@ -23,8 +23,9 @@ Shared conventions (used by several marts, so they are defined once here):
   stage reports or evidence items (evidence -> report -> project), always within the same `source_id`.
 * Stage reports count when submitted on or before `as_of` (local date).
 * PII: marts carry a person's name only. As a safety net `conform` masks anything that looks like a
-  mainland mobile number (138****1234) or an 18-character resident ID (first 6 + ******** + last 4) in
-  every String column, so free text passed through (e.g. a flag's `detail`) cannot leak them.
+  mainland mobile number (138****1234, also `+86 138-****-1234`), an 18-character resident ID (first 6 +
+  ******** + last 4) or a 15-digit one (110101******123) in every String column, so free text passed
+  through (e.g. a flag's `detail`) cannot leak them (`transforms/pii.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from types import ModuleType
 import polars as pl
 
 from expectations.catalog import FLAG_SCHEMA
+from transforms.pii import mask_pii_expr
 from transforms.schema import OUTCOME_EVIDENCE, STAGES, TIMESTAMP, empty
 from warehouse.silver import by_source
 
@@ -92,26 +94,6 @@ class MartInputs:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-# Digits may be full-width (contract §6: `８５％`): a number written so is the same number.
-_D, _B = "[0-9０-９]", "[^0-9A-Za-z０-９Ａ-Ｚａ-ｚ]"  # a digit; a character that bounds a number
-_PHONE = rf"(^|{_B})([1１][3-9３-９]{_D}){_D}{{4}}({_D}{{4}})($|{_B})"
-_ID_CARD = rf"(^|{_B})({_D}{{6}}){_D}{{8}}({_D}{{3}}[0-9０-９XxＸｘ])($|{_B})"
-
-
-def mask_pii(expr: pl.Expr) -> pl.Expr:
-    """Mask mobile numbers (138****1234) and 18-char resident ids (110101********1234) in a String expr,
-    in half-width or full-width digits.
-
-    Applied twice so that two numbers separated by a single character are both caught (the regex
-    consumes the separator as the boundary of the first match).
-    """
-    for _ in range(2):
-        expr = expr.str.replace_all(_PHONE, "${1}${2}****${3}${4}").str.replace_all(
-            _ID_CARD, "${1}${2}********${3}${4}"
-        )
-    return expr
-
-
 def conform(
     df: pl.DataFrame, columns: dict[str, tuple[pl.DataType, str]], keys: tuple[str, ...]
 ) -> pl.DataFrame:
@@ -120,7 +102,7 @@ def conform(
     for name, (dtype, _meaning) in columns.items():
         e = pl.col(name).cast(dtype)
         if dtype == pl.String():
-            e = mask_pii(e)
+            e = mask_pii_expr(e)
         exprs.append(e.alias(name))
     return df.select(exprs).sort(list(keys), maintain_order=True, nulls_last=True)
 
@@ -488,7 +470,6 @@ __all__ = [
     "build_all",
     "conform",
     "data_dictionary",
-    "mask_pii",
     "milestone_facts",
     "entity_projects",
     "evidence_by_report",

@@ -1,0 +1,47 @@
+"""Mobile numbers and resident ids masked the same way in a mart (Polars) and in an email (Python)."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from transforms.pii import mask_pii, mask_pii_expr
+
+CASES = [
+    # mobile numbers, alone, in a list, with a country prefix, with separators, full-width
+    ("13812345678", "138****5678"),
+    ("电话:13812345678,15900001111", "电话:138****5678,159****1111"),
+    ("联系 +8613812345678", "联系 +86138****5678"),
+    ("+86 138 1234 5678", "+86 138 **** 5678"),
+    ("0086-138-1234-5678。", "0086-138-****-5678。"),
+    ("8613812345678", "86138****5678"),
+    ("手机 138-1234-5678", "手机 138-****-5678"),
+    ("１３８１２３４５６７８", "１３８****５６７８"),
+    # 18-character resident ids, with a check letter, full-width
+    ("110101199003071234", "110101********1234"),
+    ("身份证11010119900307123X号", "身份证110101********123X号"),
+    ("１１０１０１１９９００３０７１２３４", "１１０１０１********１２３４"),
+    # 15-digit resident ids (area, YYMMDD, sequence)
+    ("旧证 110101900307123", "旧证 110101******123"),
+    ("110101900307123,110101900307124", "110101******123,110101******124"),
+    # numbers that are parts of codes, or 15 digits that are no id, stay
+    ("x13812345678", "x13812345678"),
+    ("order 1381234567890", "order 1381234567890"),
+    ("流水号 202611290000001", "流水号 202611290000001"),  # would be born in month 00
+    ("编号 110101901307123", "编号 110101901307123"),  # month 13
+    ("编号 910101900307123", "编号 910101900307123"),  # area code 9
+    ("2026-11-29 10:00:00", "2026-11-29 10:00:00"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("text", "masked"), CASES)
+def test_mask_pii_text(text, masked):
+    assert mask_pii(text) == masked
+
+
+def test_mask_pii_expression_masks_as_the_text_version_does():
+    texts = [t for t, _ in CASES] + [None]
+    got = pl.select(mask_pii_expr(pl.lit(pl.Series(texts, dtype=pl.String)))).to_series().to_list()
+    assert got == [m for _, m in CASES] + [None]
+    assert mask_pii(None) is None

@@ -1,0 +1,67 @@
+"""Personal numbers masked wherever text leaves the pipeline: in the marts (a Polars expression over a
+String column) and in the emails (a Python string). One set of patterns serves both, so a number is
+masked the same way in a mart and in a mail.
+
+- Mobile numbers: `138****5678`. Also written with a country prefix (`+86`, `0086`, `86`) and with
+  spaces or hyphens between the groups (`138-1234-5678`, `+86 138 1234 5678`); the prefix and the
+  separators stay, the middle four digits go.
+- Resident ids, 18 characters: `110101********1234` (the birth date and the first sequence digit go).
+- Resident ids of the first generation, 15 digits (area, YYMMDD, sequence): `110101******123`. Only a
+  number shaped like one (an area code from 1 to 8, a real month and day) is masked, so that other
+  15-digit numbers stay readable.
+
+Digits may be full-width (contract §6: `８５％`): a number written so is the same number. A number
+glued to letters or other digits (`x13812345678`, `order 1381234567890`) is part of a code, not a phone.
+The patterns use boundary groups instead of look-behind (Polars' regex engine has none), so each is
+applied twice: two numbers separated by one character share that character as their boundary.
+"""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+_D = "[0-9０-９]"  # a digit
+_B = "[^0-9A-Za-z０-９Ａ-Ｚａ-ｚ]"  # a character that bounds a number
+_SEP = "[-－ \u3000]?"  # between the groups of a written mobile number
+_PREFIX = f"(?:(?:[+＋]|00)?[8８][6６]{_SEP})?"  # China's country code
+_MONTH = "(?:[0０][1-9１-９]|[1１][0-2０-２])"
+_DAY = "(?:[0０][1-9１-９]|[1-2１-２][0-9０-９]|[3３][0-1０-１])"
+
+# (pattern, the groups kept, in order, with the mask between them at `mask_after`)
+_RULES: list[tuple[str, int, int, str]] = [
+    # boundary, prefix + first three, separator | masked four | separator, last four, boundary
+    (rf"(^|{_B})({_PREFIX}[1１][3-9３-９]{_D})({_SEP}){_D}{{4}}({_SEP})({_D}{{4}})($|{_B})", 6, 3, "****"),
+    # boundary, area | birth date and first sequence digit | three last, boundary
+    (rf"(^|{_B})({_D}{{6}}){_D}{{8}}({_D}{{3}}[0-9０-９XxＸｘ])($|{_B})", 4, 2, "********"),
+    # boundary, area | YYMMDD | sequence, boundary
+    (rf"(^|{_B})([1-8１-８]{_D}{{5}}){_D}{{2}}{_MONTH}{_DAY}({_D}{{3}})($|{_B})", 4, 2, "******"),
+]
+
+
+def _template(groups: int, mask_after: int, mask: str, ref: str) -> str:
+    parts = [ref.format(g) for g in range(1, groups + 1)]
+    return "".join(parts[:mask_after]) + mask + "".join(parts[mask_after:])
+
+
+_EXPR_RULES = [(p, _template(n, at, m, "${{{}}}")) for p, n, at, m in _RULES]
+_TEXT_RULES = [(re.compile(p), _template(n, at, m, r"\g<{}>")) for p, n, at, m in _RULES]
+
+
+def mask_pii_expr(expr: pl.Expr) -> pl.Expr:
+    """Mobile numbers and resident ids masked in a String expression."""
+    for _ in range(2):
+        for pattern, replacement in _EXPR_RULES:
+            expr = expr.str.replace_all(pattern, replacement)
+    return expr
+
+
+def mask_pii(text: str | None) -> str | None:
+    """Mobile numbers and resident ids masked in a string (the same masks as `mask_pii_expr`)."""
+    if text is None:
+        return None
+    for _ in range(2):
+        for pattern, replacement in _TEXT_RULES:
+            text = pattern.sub(replacement, text)
+    return text
