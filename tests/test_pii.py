@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from transforms.pii import mask_pii, mask_pii_expr
+from transforms.pii import _HINT, columns_to_mask, mask_pii, mask_pii_expr
 
 CASES = [
     # mobile numbers, alone, in a list, with a country prefix, with separators, full-width
@@ -45,3 +49,23 @@ def test_mask_pii_expression_masks_as_the_text_version_does():
     got = pl.select(mask_pii_expr(pl.lit(pl.Series(texts, dtype=pl.String)))).to_series().to_list()
     assert got == [m for _, m in CASES] + [None]
     assert mask_pii(None) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="0123456789０１２３４５６７８９+＋-－ \u3000xXａ号,", max_size=40))
+def test_only_text_with_the_hint_is_ever_masked(text):
+    """`columns_to_mask` skips a column none of whose values holds the hint: right only if no text
+    without it is changed by the masks."""
+    if mask_pii(text) != text:
+        assert re.search(_HINT, text)
+
+
+def test_columns_to_mask_picks_the_columns_that_need_it():
+    frame = pl.DataFrame({
+        "code": ["XM-0012", "XM-0013"],
+        "note": ["无", "联系 138-1234-5678"],
+        "ts": ["2026-11-29 10:00:00", None],
+        "empty": [None, None],
+    }, schema={"code": pl.String, "note": pl.String, "ts": pl.String, "empty": pl.String})
+    assert columns_to_mask(frame, ["code", "note", "ts", "empty"]) == {"note"}
+    assert columns_to_mask(frame.clear(), ["note"]) == set()

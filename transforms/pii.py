@@ -46,6 +46,11 @@ def _template(groups: int, mask_after: int, mask: str, ref: str) -> str:
 
 
 _EXPR_RULES = [(p, _template(n, at, m, "${{{}}}")) for p, n, at, m in _RULES]
+
+# Every number the rules mask holds three digits, maybe a separator, then four digits. A column none of
+# whose values does needs none of the six passes of the rules (most columns of a mart: codes, names,
+# enumerations, dates): one pass of this finds out.
+_HINT = f"{_D}{{3}}{_SEP}{_D}{{4}}"
 _TEXT_RULES = [(re.compile(p), _template(n, at, m, r"\g<{}>")) for p, n, at, m in _RULES]
 
 
@@ -55,6 +60,14 @@ def mask_pii_expr(expr: pl.Expr) -> pl.Expr:
         for pattern, replacement in _EXPR_RULES:
             expr = expr.str.replace_all(pattern, replacement)
     return expr
+
+
+def columns_to_mask(frame: pl.DataFrame, names: list[str]) -> set[str]:
+    """Those of the String columns `names` of `frame` in which some value could hold a number to mask."""
+    if not names or frame.is_empty():
+        return set()
+    found = frame.select(pl.col(n).str.contains(_HINT).any().alias(n) for n in names).row(0, named=True)
+    return {n for n, hit in found.items() if hit}
 
 
 def mask_pii(text: str | None) -> str | None:

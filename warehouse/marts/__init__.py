@@ -38,7 +38,7 @@ from types import ModuleType
 import polars as pl
 
 from expectations.catalog import FLAG_SCHEMA
-from transforms.pii import mask_pii_expr
+from transforms.pii import columns_to_mask, mask_pii_expr
 from transforms.schema import OUTCOME_EVIDENCE, STAGES, TIMESTAMP, empty
 from warehouse.silver import by_source
 
@@ -98,13 +98,10 @@ def conform(
     df: pl.DataFrame, columns: dict[str, tuple[pl.DataType, str]], keys: tuple[str, ...]
 ) -> pl.DataFrame:
     """Exactly `columns` (order and dtype), String columns PII-masked, stably sorted by `keys`."""
-    exprs = []
-    for name, (dtype, _meaning) in columns.items():
-        e = pl.col(name).cast(dtype)
-        if dtype == pl.String():
-            e = mask_pii_expr(e)
-        exprs.append(e.alias(name))
-    return df.select(exprs).sort(list(keys), maintain_order=True, nulls_last=True)
+    typed = df.select(pl.col(name).cast(dtype) for name, (dtype, _meaning) in columns.items())
+    to_mask = columns_to_mask(typed, [n for n, (dtype, _m) in columns.items() if dtype == pl.String()])
+    return typed.with_columns(mask_pii_expr(pl.col(n)) for n in to_mask).sort(
+        list(keys), maintain_order=True, nulls_last=True)
 
 
 def with_as_of(df: pl.DataFrame, as_of: date) -> pl.DataFrame:
