@@ -51,6 +51,9 @@ class _ThreadTimeoutNotice(logging.Filter):
 
 
 logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
+# The pipeline's own progress lines (each rule's flags and seconds, …) are INFO, and shown with the run's
+# log (PREFECT_LOGGING_EXTRA_LOGGERS=qingfeng also hands them to Prefect's API log handler).
+logging.getLogger("qingfeng").setLevel(logging.INFO)
 
 
 def task_runner(max_workers: int | None = None, dask: str | None = None):
