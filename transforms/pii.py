@@ -29,7 +29,7 @@ _PREFIX = f"(?:(?:[+＋]|00)?[8８][6６]{_SEP})?"  # China's country code
 _MONTH = "(?:[0０][1-9１-９]|[1１][0-2０-２])"
 _DAY = "(?:[0０][1-9１-９]|[1-2１-２][0-9０-９]|[3３][0-1０-１])"
 
-# (pattern, the groups kept, in order, with the mask between them at `mask_after`)
+# (pattern, how many groups it keeps, how many of them come before the mask, the mask)
 _RULES: list[tuple[str, int, int, str]] = [
     # boundary, prefix + first three, separator | masked four | separator, last four, boundary
     (rf"(^|{_B})({_PREFIX}[1１][3-9３-９]{_D})({_SEP}){_D}{{4}}({_SEP})({_D}{{4}})($|{_B})", 6, 3, "****"),
@@ -46,12 +46,12 @@ def _template(groups: int, mask_after: int, mask: str, ref: str) -> str:
 
 
 _EXPR_RULES = [(p, _template(n, at, m, "${{{}}}")) for p, n, at, m in _RULES]
+_TEXT_RULES = [(re.compile(p), _template(n, at, m, r"\g<{}>")) for p, n, at, m in _RULES]
 
 # Every number the rules mask holds three digits, maybe a separator, then four digits. A column none of
 # whose values does needs none of the six passes of the rules (most columns of a mart: codes, names,
 # enumerations, dates): one pass of this finds out.
 _HINT = f"{_D}{{3}}{_SEP}{_D}{{4}}"
-_TEXT_RULES = [(re.compile(p), _template(n, at, m, r"\g<{}>")) for p, n, at, m in _RULES]
 
 
 def mask_pii_expr(expr: pl.Expr) -> pl.Expr:
