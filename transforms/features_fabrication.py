@@ -258,19 +258,21 @@ def drop_shingles(doc: np.ndarray, h: np.ndarray, stop: np.ndarray) -> tuple[np.
     return doc[keep], h[keep]
 
 
-def _oph(doc: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int) -> np.ndarray:
+def _oph(doc_bins: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int) -> np.ndarray:
     """One-permutation MinHash with rotation densification (Shrivastava & Li 2014): the top bits of each
     shingle hash pick one of `n_bins` bins, the rest is the value; a bin left empty borrows from the next
-    non-empty bin. (n_docs, n_bins) uint64; an all-max row is a document without shingles."""
+    non-empty bin. `doc_bins` is each shingle's document × `n_bins` (uint64); `h` is overwritten.
+    (n_docs, n_bins) uint64; an all-max row is a document without shingles."""
     bits = int(np.log2(n_bins))
     sentinel = np.iinfo(np.uint64).max
     sig = np.full((n_docs, n_bins), sentinel, dtype=np.uint64)
     if len(h) == 0:
         return sig
-    b = (h >> _U64(64 - bits)).astype(np.int64) if bits else np.zeros(len(h), np.int64)
-    v = h & _U64((1 << (64 - bits)) - 1)
-    flat = doc.astype(np.int64) * n_bins + b
-    np.minimum.at(sig.reshape(-1), flat, v)  # unbuffered in-place minimum per (doc, bin)
+    # In place, one pass each: the cost is passes over every shingle of the batch, for every round.
+    flat = np.right_shift(h, _U64(64 - bits)) if bits else np.zeros(len(h), np.uint64)
+    flat += doc_bins
+    h &= _U64((1 << (64 - bits)) - 1)
+    np.minimum.at(sig.reshape(-1), flat.view(np.int64), h)  # unbuffered in-place minimum per (doc, bin)
     has_any = ~(sig == sentinel).all(axis=1)
     filled = sig.copy()
     offset = _U64(1 << (64 - bits))  # borrowed values stay distinct from native ones of the bin
@@ -296,10 +298,11 @@ def minhash_signatures(doc: np.ndarray, h: np.ndarray, n_docs: int, n_values: in
     # Round r re-hashes by multiplying with a random odd constant: a bijection of the (already mixed)
     # shingle hashes whose top bits are a universal hash (multiply-shift), at one multiply a shingle.
     mult = np.random.default_rng(0x5EED).integers(1, 2**63, n_values // bins_per_round, dtype=np.int64)
+    doc_bins = doc.astype(np.uint64) * _U64(bins_per_round)
     for r, a in enumerate(mult.astype(np.uint64) * _U64(2) + _U64(1)):
         with np.errstate(over="ignore"):
             hr = h * a
-        out[:, r * bins_per_round:(r + 1) * bins_per_round] = _oph(doc, hr, n_docs, bins_per_round)
+        out[:, r * bins_per_round:(r + 1) * bins_per_round] = _oph(doc_bins, hr, n_docs, bins_per_round)
     return out
 
 
