@@ -50,6 +50,8 @@ class Pulled:
     delivery_date: date | None = None
     note: str | None = None  # e.g. "no new delivery"
     cut_off: list[str] = field(default_factory=list)  # filedrop: tables whose file ends mid-record
+    previous_delivery: str | None = None  # filedrop: the delivery silver last took, and the run that did
+    previous_run_id: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -69,7 +71,6 @@ def _engine_for(url: str, limit: int = 1, source_id: str | None = None) -> sa.En
             raise SourceUnreachable(f"SQLite database not found: {path}")
         # Read-only: a wrong path must never create an empty database that looks like a source.
         engine = sa.create_engine(f"sqlite:///file:{path}?mode=ro&uri=true", poolclass=sa.pool.QueuePool, **pool)
-        sa.event.listen(engine, "connect", _sqlite_text)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url, source_id), **pool)
     if source_id is not None:
@@ -119,11 +120,35 @@ def _bound_connections(engine: sa.Engine, source_id: str, limit: int) -> None:
     sa.event.listen(engine, "close", give_back)
 
 
-def _frame(result: sa.CursorResult, columns: list[str]) -> pl.DataFrame:
-    rows = result.fetchall()
+def _frame(conn: sa.Connection, query: sa.Executable, columns: list[str]) -> pl.DataFrame:
+    """The query's rows (every column cast to text) as a frame of String columns."""
+    try:
+        rows = conn.execute(query).fetchall()
+    except sa.exc.OperationalError as e:
+        # sqlite3 refuses a whole result with one TEXT value that is not UTF-8 ("Could not decode to UTF-8
+        # column"), and the source with it. Read it again decoding as files are; only then, because the
+        # decoder, called for every value, costs a third of the fetch.
+        if "decode" not in str(e.orig) or conn.engine.dialect.name != "sqlite":
+            raise
+        dbapi_connection = conn.connection.dbapi_connection
+        dbapi_connection.text_factory = _decode_sqlite_text
+        try:
+            rows = conn.execute(query).fetchall()
+        finally:
+            dbapi_connection.text_factory = str
     if not rows:
         return pl.DataFrame(schema={c: pl.String for c in columns})
-    return pl.DataFrame(rows, schema={c: pl.String for c in columns}, orient="row")
+    # Column by column: a third faster than Polars' row-wise constructor.
+    by_column = zip(*rows, strict=True)
+    return pl.DataFrame([_text_series(c, values) for c, values in zip(columns, by_column, strict=True)])
+
+
+def _text_series(name: str, values: tuple) -> pl.Series:
+    try:
+        return pl.Series(name, values, dtype=pl.String)
+    except TypeError:  # a driver that ignored the cast to text: a number, or bytes
+        return pl.Series(name, [v if v is None or isinstance(v, str) else decode_bytes(v)
+                                if isinstance(v, bytes | bytearray) else str(v) for v in values], dtype=pl.String)
 
 
 def _as_text(col: sa.Column) -> sa.ColumnElement:
@@ -188,29 +213,29 @@ def _pull_table(
     everything = sa.select(*[_as_text(c) for c in table.columns])
     change = _column(table, native.change_column)
     if change is None or wm is None:
-        return _frame(conn.execute(everything), columns), True
+        return _frame(conn, everything, columns), True
 
     lower = wm - overlap
     if _is_typed_timestamp(change):
         # Typed column (PostgreSQL TIMESTAMPTZ): the database filters. NULLs are pulled every night:
         # they cannot be placed before or after the watermark, and must not vanish.
         q = everything.where(sa.or_(change >= sa.bindparam("lower", lower), change.is_(None)))
-        return _frame(conn.execute(q), columns), False
+        return _frame(conn, q, columns), False
 
     # Text column (SQLite, legacy): formats are mixed, so the database cannot compare them. Scan the
     # key and the change column only, parse them here, then fetch the changed rows by key.
     key = _column(table, _native_key(native))
     lower = lower.astimezone(ZoneInfo(TZ))  # compare in the zone the parser yields
-    narrow = _frame(conn.execute(sa.select(_as_text(key), _as_text(change))), [key.name, change.name])
+    narrow = _frame(conn, sa.select(_as_text(key), _as_text(change)), [key.name, change.name])
     ts = narrow.select(parse_timestamp(pl.col(change.name)).alias("ts"), pl.col(key.name).alias("k"))
     changed = ts.filter(pl.col("ts").is_null() | (pl.col("ts") >= lower))
     if changed.height > FULL_PULL_SHARE * max(narrow.height, 1) or changed["k"].null_count():
-        frame = _frame(conn.execute(everything), columns)
+        frame = _frame(conn, everything, columns)
         keep = parse_timestamp(pl.col(change.name))
         return frame.filter(keep.is_null() | (keep >= lower)), False
     keys = changed["k"].unique().sort().to_list()
     parts = [
-        _frame(conn.execute(everything.where(key.in_(keys[i : i + KEY_CHUNK]))), columns)
+        _frame(conn, everything.where(key.in_(keys[i : i + KEY_CHUNK])), columns)
         for i in range(0, len(keys), KEY_CHUNK)
     ]
     frame = pl.concat(parts) if parts else pl.DataFrame(schema={c: pl.String for c in columns})
@@ -341,12 +366,6 @@ def _decode_sqlite_text(value: bytes) -> str:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return decode_bytes(value)
-
-
-def _sqlite_text(dbapi_connection, _record) -> None:
-    # sqlite3 refuses a whole result with one TEXT value that is not UTF-8 ("Could not decode to UTF-8
-    # column"), and the source with it.
-    dbapi_connection.text_factory = _decode_sqlite_text
 
 
 _LINE_END = re.compile(r"\r\n?|\n")
