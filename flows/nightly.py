@@ -133,8 +133,10 @@ def _normalize_and_report(
     finally:
         state.dispose()
     c = outcome.counts.values()
+    unchanged = sum(r.rows_in - r.rows_out for r in outcome.records if r.stage == "diff")
     progress.report(source.id, "normalize", "ok" if outcome.status == "ok" else "failed",
                     f"{sum(x['silver'] for x in c)} silver, {sum(x['quarantined'] for x in c)} quarantined"
+                    + (f", {unchanged} unchanged since the last delivery" if unchanged else "")
                     if outcome.status == "ok" else str(outcome.error))
     return outcome
 

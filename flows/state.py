@@ -156,6 +156,18 @@ class StateStore:
             )
             return {r[0] for r in rows}
 
+    def last_loaded_delivery(self, source_id: str, before: date) -> tuple[str, str] | None:
+        """The delivery the latest run for a business date before `before` loaded, and that run's id: what
+        silver last took from this filedrop source."""
+        with self.engine.connect() as c:
+            row = c.execute(
+                sa.select(deliveries.c.delivery, deliveries.c.run_id)
+                .where(deliveries.c.source_id == source_id, deliveries.c.as_of < before)
+                .order_by(deliveries.c.as_of.desc(), deliveries.c.loaded.desc(), deliveries.c.delivery.desc())
+                .limit(1)
+            ).first()
+            return (row[0], row[1]) if row else None
+
     def mark_delivery_loaded(self, source_id: str, delivery: str, as_of: date, run_id: str) -> None:
         with self.engine.begin() as c:
             c.execute(

@@ -38,7 +38,7 @@ from flows.outbox import MailSummary, NightContext, night_alerts
 from flows.registry import Registry, Source
 from flows.state import StageRecord, StateStore, StateUnavailable
 from transforms.dialects import native_tables
-from transforms.merge import replace_children, upsert
+from transforms.merge import drop_unchanged, replace_children, upsert
 from transforms.normalize import MissingColumnsError, normalize_table
 from transforms.schema import QUARANTINE_SCHEMA, TABLES
 from warehouse.analysts import refresh_views
@@ -108,7 +108,10 @@ def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
 
 def extract_source(source: Source, state: StateStore, as_of: date, settings: RunSettings) -> Pulled:
     if source.is_filedrop:
-        return extract_filedrop(source, loaded=state.loaded_deliveries(source.id, before=as_of))
+        pulled = extract_filedrop(source, loaded=state.loaded_deliveries(source.id, before=as_of))
+        if pulled.delivery and (previous := state.last_loaded_delivery(source.id, before=as_of)):
+            pulled.previous_delivery, pulled.previous_run_id = previous
+        return pulled
     marks = {t: state.watermark(source.id, t, before=as_of) for t in native_tables(source.dialect)}
     return extract_sql(source, watermarks=marks, overlap=settings.overlap, now=datetime.now(UTC))
 
@@ -145,6 +148,14 @@ def normalize_source(
             reason = f"cut off mid-file: the last record of delivery {pulled.delivery} is incomplete"
             raw, tail = raw.head(raw.height - 1), _whole_table_quarantine(raw.tail(1), source.id, table, reason)
             quarantined.append(tail)
+        if (before := _previous_delivery_rows(layout, source.id, table, pulled)) is not None:
+            # A filedrop delivery is a full snapshot: most of its rows are the last one's, which that night
+            # normalized into silver or the quarantine. Only the new and changed rows go on.
+            pulled_rows, raw = raw.height, drop_unchanged(raw, before)
+            records.append(StageRecord(source.id, "diff", table, rows_in=pulled_rows, rows_out=raw.height,
+                                       message=f"{pulled_rows - raw.height} rows unchanged since delivery "
+                                               f"{pulled.previous_delivery}, loaded then"))
+            del before
         try:
             result = normalize_table(raw, dialect=source.dialect, table=table, source_id=source.id)
         except MissingColumnsError as e:
@@ -166,14 +177,18 @@ def normalize_source(
         # rows that arrive tonight keep what silver knew for it, rather than being blanked.
         absent = [canon for native, canon in native_tables(source.dialect)[table].columns.items()
                   if native in result.missing_columns]
-        silver = upsert(_read_silver(layout, table, source.id), result.clean, table, keep=absent)
-        _write_parquet(silver, layout.silver_file(table, source.id))
+        nothing_new = result.clean.is_empty() and layout.silver_file(table, source.id).exists()
+        if not nothing_new:  # an upsert of no rows would rewrite silver as it is
+            silver = upsert(_read_silver(layout, table, source.id), result.clean, table, keep=absent)
+            _write_parquet(silver, layout.silver_file(table, source.id))
+            del silver
         if table == "stage_reports" and "metrics" not in absent:
-            metrics = replace_children(
-                _read_silver(layout, "metrics", source.id), result.metrics,
-                parent_ids=result.clean.select("source_id", "report_id"), key="report_id",
-            )
-            _write_parquet(metrics, layout.silver_file("metrics", source.id))
+            if result.clean.height or not layout.silver_file("metrics", source.id).exists():
+                metrics = replace_children(
+                    _read_silver(layout, "metrics", source.id), result.metrics,
+                    parent_ids=result.clean.select("source_id", "report_id"), key="report_id",
+                )
+                _write_parquet(metrics, layout.silver_file("metrics", source.id))
             quarantined.append(result.metrics_quarantine)
         quarantined.append(result.quarantine)
         records.append(StageRecord(source.id, "normalize", table, rows_in=raw.height + _height(tail),
@@ -185,6 +200,22 @@ def normalize_source(
     for table, part in quarantine.partition_by("table", as_dict=True).items():
         _write_parquet(part, layout.quarantine_file(as_of, source.id, table[0]))
     return records, problems, quarantine
+
+
+def _previous_delivery_rows(layout: Layout, source_id: str, table: str, pulled: Pulled) -> pl.DataFrame | None:
+    """The rows of the filedrop delivery silver last took for `table` (its bronze, as pulled), or None when
+    tonight's rows cannot be compared with it: no earlier delivery, its bronze or silver gone."""
+    if pulled.previous_run_id is None or not pulled.full.get(table):
+        return None
+    path = layout.bronze_file(source_id, table, pulled.previous_run_id)
+    if not path.exists() or not layout.silver_file(table, source_id).exists():
+        return None
+    try:
+        return pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError):
+        log.warning("bronze of delivery %s of %s (%s) unreadable: the delivery is normalized whole",
+                    pulled.previous_delivery, source_id, table)
+        return None
 
 
 def _height(frame: pl.DataFrame | None) -> int:

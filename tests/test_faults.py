@@ -110,10 +110,20 @@ def assert_one_row_per_key(layout: Layout, source_id: str) -> None:
 
 
 def assert_balanced(outcome: SourceOutcome) -> None:
-    """Every row pulled tonight is in silver or in the quarantine, once."""
+    """Every row pulled tonight is in silver or in the quarantine, once; or, in a filedrop delivery, was
+    unchanged since the delivery loaded before it (counted, and not normalized again)."""
     assert outcome.status == "ok", outcome.error
     for table, c in outcome.counts.items():
         assert c["in"] == c["silver"] + c["quarantined"], (outcome.source_id, table, c)
+    for diff in (r for r in outcome.records if r.stage == "diff"):
+        normalized = next(r for r in outcome.records if r.stage == "normalize" and r.table_name == diff.table_name)
+        cut_off = 1 if normalized.message and "cut off" in normalized.message else 0
+        assert normalized.rows_in == diff.rows_out + cut_off, (diff, normalized)
+        assert f"{diff.rows_in - diff.rows_out} rows unchanged" in diff.message
+
+
+def unchanged_rows(outcome: SourceOutcome) -> dict[str, int]:
+    return {r.table_name: r.rows_in - r.rows_out for r in outcome.records if r.stage == "diff"}
 
 
 def extract_rows(outcome: SourceOutcome) -> int:
@@ -329,16 +339,61 @@ def test_filedrop_repeated_delivery_is_loaded_once(tmp_path):
     assert sorted(layout.bronze.rglob("*.parquet")) == bronze_before
     assert not (layout.quarantine / f"as_of={AS_OF + DAY}").exists()
 
-    # The same export delivered again under a new date: loaded, and every row is still there once.
+    # The same export delivered again under a new date: loaded, and every row is still there once. None of
+    # its rows differs from the delivery loaded before, so none is normalized again.
     shutil.copytree(loaded, loaded.parent / str(AS_OF + DAY))
     third, _ = night(layout, registry, AS_OF + 2 * DAY, only=[fd], finish=False)
-    assert third[fd.id].counts == first[fd.id].counts
+    assert extract_rows(third[fd.id]) == extract_rows(first[fd.id])
+    assert unchanged_rows(third[fd.id]) == {t: c["in"] for t, c in first[fd.id].counts.items()}
+    assert all(c == {"in": 0, "silver": 0, "quarantined": 0} for c in third[fd.id].counts.values())
     assert_balanced(third[fd.id])
     assert_one_row_per_key(layout, fd.id)
     for k, frame in silver_all(layout, [fd.id]).items():
         assert frame.equals(before[k]), k
     state = StateStore(layout.state_url)
     assert state.loaded_deliveries(fd.id, before=AS_OF + 3 * DAY) == {loaded.name, str(AS_OF + DAY)}
+
+
+def test_filedrop_delivery_normalizes_only_its_new_and_changed_rows(tmp_path):
+    """A delivery is a full export, mostly the rows of the one loaded before. Those are not normalized again;
+    silver ends as a full normalization of the delivery would leave it."""
+    registry = _city(tmp_path)
+    fd = _by_dialect(registry, "filedrop")
+    layout, control = Layout(tmp_path / "wh"), Layout(tmp_path / "control")
+    first, _ = night(layout, registry, AS_OF, only=[fd], finish=False)
+    night(control, registry, AS_OF, only=[fd], finish=False)
+    d28 = newest_delivery(fd)
+    pid = silver(layout, "projects", fd.id)["project_id"][0]
+
+    d29 = d28.parent / "2026-11-29"
+    shutil.copytree(d28, d29)
+    edit_delivery(d29, "项目.csv", lambda f: f.with_columns(
+        pl.when(pl.col("项目编号") == pid).then(pl.lit("暂停")).otherwise(pl.col("状态")).alias("状态"),
+        pl.when(pl.col("项目编号") == pid).then(pl.lit("2026-11-29 21:00:00")).otherwise(pl.col("更新时间"))
+        .alias("更新时间"),
+    ))
+    edit_delivery(d29, "问题.csv", lambda f: pl.concat([f, f.tail(1).with_columns(
+        pl.lit("NEW-PROBLEM-1").alias("问题编号"), pl.lit("2026-11-28 23:00:00").alias("更新时间"))]))
+    second, _ = night(layout, registry, AS_OF + DAY, only=[fd], finish=False)
+    assert_balanced(second[fd.id])
+    counts, unchanged = second[fd.id].counts, unchanged_rows(second[fd.id])
+    assert counts["projects"] == {"in": 1, "silver": 1, "quarantined": 0}
+    assert counts["problems"]["in"] == 1
+    assert unchanged["projects"] == first[fd.id].counts["projects"]["in"] - 1
+    assert unchanged["problems"] == first[fd.id].counts["problems"]["in"]
+    assert all(counts[t]["in"] == 0 for t in counts if t not in ("projects", "problems"))
+    assert all(not layout.quarantine_file(AS_OF + DAY, fd.id, t).exists() for t in counts if t != "problems")
+    assert silver(layout, "projects", fd.id).filter(pl.col("project_id") == pid)["status"].item() == "suspended"
+
+    # The control warehouse has lost its bronze, so nothing can be compared: it normalizes the whole delivery.
+    shutil.rmtree(control.bronze)
+    whole, _ = night(control, registry, AS_OF + DAY, only=[fd], finish=False)
+    assert unchanged_rows(whole[fd.id]) == {}
+    assert whole[fd.id].counts["projects"]["in"] == first[fd.id].counts["projects"]["in"]
+    assert silver_all(layout, [fd.id]).keys() == silver_all(control, [fd.id]).keys()
+    for k, frame in silver_all(layout, [fd.id]).items():
+        assert frame.equals(silver_all(control, [fd.id])[k]), k
+    assert_one_row_per_key(layout, fd.id)
 
 
 def test_filedrop_late_and_out_of_order_deliveries_never_regress_newer_data(tmp_path):
@@ -390,7 +445,9 @@ def test_filedrop_late_and_out_of_order_deliveries_never_regress_newer_data(tmp_
     assert final.equals(now) and final.height == projects.height
     assert_one_row_per_key(layout, fd.id)
     assert StateStore(layout.state_url).loaded_deliveries(fd.id, before=AS_OF + 4 * DAY) == {d28.name, d30.name}
-    assert first[fd.id].counts["projects"]["in"] == third[fd.id].counts["projects"]["in"]
+    # 11-30 differs from 11-28 (loaded before it) in X and Z only: the other rows were not normalized again.
+    assert third[fd.id].counts["projects"]["in"] == 2
+    assert 2 + unchanged_rows(third[fd.id])["projects"] == first[fd.id].counts["projects"]["in"]
 
 
 def _cut_inside_timestamp(data: bytes, min_row: int = 3) -> tuple[bytes, int]:

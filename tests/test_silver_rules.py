@@ -19,7 +19,7 @@ from expectations.contract import (
 )
 from expectations.deadline import deadline_flags
 from expectations.gx_runner import Validator
-from transforms.merge import replace_children, upsert
+from transforms.merge import drop_unchanged, replace_children, upsert
 from transforms.references import dangling, resolve_references
 from transforms.schema import METRICS_SCHEMA, QUARANTINE_SCHEMA, TABLES, empty
 
@@ -88,6 +88,19 @@ def test_replace_children_follows_parent():
     new = pl.DataFrame({"source_id": ["s"], "report_id": ["R1"], "metric_name": ["c"], "metric_value": [9.0]})
     out = replace_children(cur, new, pl.DataFrame({"source_id": ["s"], "report_id": ["R1"]}), "report_id")
     assert sorted(out.select(pl.concat_str("report_id", "metric_name")).to_series().to_list()) == ["R1c", "R2a"]
+
+
+def test_drop_unchanged_keeps_new_and_changed_rows_in_order():
+    before = pl.DataFrame({"编号": ["a", "b", "c", None], "值": ["1", None, "3", "4"]})
+    tonight = pl.DataFrame({"编号": ["d", "c", "b", "a", None, "b"], "值": ["5", "3 ", None, "1", "4", ""]})
+    # "c" changed (a trailing space), ("b", "") is not ("b", null); "a", ("b", null) and (null, "4") are as before
+    assert drop_unchanged(tonight, before).rows() == [("d", "5"), ("c", "3 "), ("b", "")]
+    assert drop_unchanged(tonight, before.vstack(before)).height == 3  # duplicates in either are no matter
+    assert drop_unchanged(tonight, pl.concat([before, tonight])).is_empty()
+    # Another header (a renamed or moved column), or nothing loaded before: every row goes on.
+    assert drop_unchanged(tonight, before.rename({"值": "数值"})).equals(tonight)
+    assert drop_unchanged(tonight, before.select("值", "编号")).equals(tonight)
+    assert drop_unchanged(tonight, before.clear()).equals(tonight)
 
 
 def test_references_resolve_by_case_and_dangling_are_found():

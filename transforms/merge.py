@@ -55,3 +55,17 @@ def replace_children(
         return incoming
     kept = current.join(parent_ids.unique(), on=["source_id", key], how="anti")
     return pl.concat([kept, incoming.select(current.columns)]).sort(["source_id", key], maintain_order=True)
+
+
+def drop_unchanged(tonight: pl.DataFrame, before: pl.DataFrame) -> pl.DataFrame:
+    """The rows of tonight's full delivery that are not, value for value, a row of the delivery silver last
+    took (`before`): the rest are in silver already, and normalizing them again would change nothing.
+
+    Exact, not hashed (a collision would lose a change), and in tonight's order. Only when both deliveries
+    have the same header in the same order; otherwise every row goes on, as a first delivery's would.
+    """
+    if tonight.is_empty() or before.is_empty() or tonight.columns != before.columns:
+        return tonight
+    if tonight.schema != before.schema:
+        before = before.cast(tonight.schema, strict=False)
+    return tonight.join(before.unique(), on=tonight.columns, how="anti", nulls_equal=True, maintain_order="left")
