@@ -47,6 +47,43 @@ def test_sqlite_text_change_column_is_pulled_incrementally(tmp_path):
     assert got == ["P2", "P3", "P4"]  # within the overlap, or unparseable; the January rows are not pulled
 
 
+def test_sqlite_leaves_out_only_rows_certainly_older_than_the_watermark(tmp_path):
+    """SQLite rules out rows whose change time starts with a real date two days before the lower bound;
+    every other row is parsed here, as a source without that shortcut would be."""
+    wm = datetime(2026, 11, 28, 0, tzinfo=UTC)  # lower bound, with one day of overlap: 11-27 08:00 +08:00
+    values = {
+        "2026-11-27T08:00:00+08:00": True,  # the lower bound itself
+        "2026-11-27T07:59:59+08:00": False,
+        "2026-11-26T23:59:00-12:00": True,  # an older-looking date, but 11-27 11:59 UTC
+        "2026-11-25T23:59:59-14:00": False,  # 11-26 13:59 UTC: before, and kept out by the parser
+        "2026-11-24T23:59:59-14:00": False,  # kept out by SQLite already
+        "2026-11-29 09:00:00": True,
+        "2019-04-25": False,
+        "2019/04/25": False,
+        "2026/11/28 8:00": True,
+        "2026年11月28日": True,
+        "20261128": True,
+        "２０２６-11-28 10:00:00": True,  # full-width digits: not for SQLite to judge
+        " 2026-11-28 10:00:00": True,
+        "2026-13-01 10:00:00": True,  # not a date at all: cannot be placed, pulled every night
+        "not a date": True,
+        "": True,
+        "9999-12-31 00:00:00": True,
+    }
+    db = tmp_path / "legacy.sqlite"
+    _legacy_db(db, [(f"P{i}", "某", v) for i, v in enumerate(values)])
+    src = Source("old", "老系统", "department", "legacy", f"sqlite:///{db}", None)
+    got = extract_sql(src, watermarks={"persons": wm}, overlap=timedelta(days=1), now=NOW).tables["persons"]
+    assert sorted(got["gxsj"].to_list(), key=str) == sorted((v for v, pulled in values.items() if pulled), key=str)
+    # A date that SQLite takes but the parser does not (no 31 February) is old: left out. Like any older
+    # row, it came on the first night (and went to the quarantine).
+    _legacy_db(tmp_path / "b.sqlite", [("X", "某", "2019-02-31 07:00:00"), ("Y", "某", "2026-02-31 07:00:00")])
+    src = Source("b", "老系统", "department", "legacy", f"sqlite:///{tmp_path / 'b.sqlite'}", None)
+    assert extract_sql(src, watermarks={}, overlap=timedelta(days=1), now=NOW).tables["persons"].height == 2
+    late = extract_sql(src, watermarks={"persons": wm}, overlap=timedelta(days=1), now=NOW).tables["persons"]
+    assert late.is_empty()
+
+
 def test_missing_sqlite_file_is_unreachable_and_not_created(tmp_path):
     path = tmp_path / "nowhere" / "x.sqlite"
     src = Source("gone", "无", "district", "platform", f"sqlite:///{path}", None)
