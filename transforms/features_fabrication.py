@@ -32,11 +32,12 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     """A fast, well-mixed 64-bit finalizer (uint64 in, uint64 out; wraps on overflow by design)."""
     with np.errstate(over="ignore"):
         x = x + _U64(0x9E3779B97F4A7C15)  # a new array: the input is left alone; the rest is in place
-        x ^= x >> _U64(30)
+        shifted = np.empty_like(x)  # one work array for the three shifts, not a fresh one each
+        x ^= np.right_shift(x, _U64(30), out=shifted)
         x *= _U64(0xBF58476D1CE4E5B9)
-        x ^= x >> _U64(27)
+        x ^= np.right_shift(x, _U64(27), out=shifted)
         x *= _U64(0x94D049BB133111EB)
-        x ^= x >> _U64(31)
+        x ^= np.right_shift(x, _U64(31), out=shifted)
         return x
 
 
@@ -258,18 +259,24 @@ def drop_shingles(doc: np.ndarray, h: np.ndarray, stop: np.ndarray) -> tuple[np.
     return doc[keep], h[keep]
 
 
-def _oph(doc_bins: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int) -> np.ndarray:
+def _oph(doc_bins: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int, flat: np.ndarray | None = None
+         ) -> np.ndarray:
     """One-permutation MinHash with rotation densification (Shrivastava & Li 2014): the top bits of each
     shingle hash pick one of `n_bins` bins, the rest is the value; a bin left empty borrows from the next
-    non-empty bin. `doc_bins` is each shingle's document × `n_bins` (uint64); `h` is overwritten.
-    (n_docs, n_bins) uint64; an all-max row is a document without shingles."""
+    non-empty bin. `doc_bins` is each shingle's document × `n_bins` (uint64); `h` is overwritten, and so
+    is `flat`, a work array like it. (n_docs, n_bins) uint64; an all-max row is a document without
+    shingles."""
     bits = int(np.log2(n_bins))
     sentinel = np.iinfo(np.uint64).max
     sig = np.full((n_docs, n_bins), sentinel, dtype=np.uint64)
     if len(h) == 0:
         return sig
     # In place, one pass each: the cost is passes over every shingle of the batch, for every round.
-    flat = np.right_shift(h, _U64(64 - bits)) if bits else np.zeros(len(h), np.uint64)
+    flat = np.empty_like(h) if flat is None else flat
+    if bits:
+        np.right_shift(h, _U64(64 - bits), out=flat)
+    else:
+        flat.fill(0)
     flat += doc_bins
     h &= _U64((1 << (64 - bits)) - 1)
     np.minimum.at(sig.reshape(-1), flat.view(np.int64), h)  # unbuffered in-place minimum per (doc, bin)
@@ -299,10 +306,13 @@ def minhash_signatures(doc: np.ndarray, h: np.ndarray, n_docs: int, n_values: in
     # shingle hashes whose top bits are a universal hash (multiply-shift), at one multiply a shingle.
     mult = np.random.default_rng(0x5EED).integers(1, 2**63, n_values // bins_per_round, dtype=np.int64)
     doc_bins = doc.astype(np.uint64) * _U64(bins_per_round)
+    # Work arrays made once: arrays this large are mapped fresh from the system at each allocation, and
+    # faulting their pages in cost more than the arithmetic done on them.
+    hr, flat = np.empty_like(h), np.empty_like(h)
     for r, a in enumerate(mult.astype(np.uint64) * _U64(2) + _U64(1)):
         with np.errstate(over="ignore"):
-            hr = h * a
-        out[:, r * bins_per_round:(r + 1) * bins_per_round] = _oph(doc_bins, hr, n_docs, bins_per_round)
+            np.multiply(h, a, out=hr)
+        out[:, r * bins_per_round:(r + 1) * bins_per_round] = _oph(doc_bins, hr, n_docs, bins_per_round, flat)
     return out
 
 
