@@ -352,7 +352,6 @@ def _gb18030_resync(e: UnicodeDecodeError) -> tuple[str, int]:
 
 codecs.register_error("qingfeng-gb18030", _gb18030_resync)
 _NON_ASCII = bytes(range(0x80, 0x100))
-_ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, under errors="surrogateescape"
 
 
 def decode_bytes(data: bytes) -> str:
@@ -366,7 +365,8 @@ def decode_bytes(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         pass
-    not_utf8 = len(_ESCAPED.findall(data.decode("utf-8", errors="surrogateescape")))
+    # The decoder skips exactly the bytes that are not UTF-8: what is left re-encodes to all the others.
+    not_utf8 = len(data) - len(data.decode("utf-8", errors="ignore").encode("utf-8"))
     if 4 * not_utf8 <= len(data) - len(data.translate(None, _NON_ASCII)):
         return data.decode("utf-8", errors="replace")
     return data.decode("gb18030", errors="qingfeng-gb18030")
