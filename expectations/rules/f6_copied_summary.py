@@ -18,7 +18,6 @@ Method (scales to millions of reports; no all-pairs):
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -82,9 +81,6 @@ PARAMS: dict[str, Param] = {
 
 
 _JUDGED = ["source_id", "report_id", "project_id", "submitted_at", "summary"]
-# Sketch batches worked on at once over all shards: as many as shards are in flight, so sharding a large
-# city holds as many batches' working arrays (a few hundred MB each) as before.
-_BATCHES_AT_ONCE = threading.BoundedSemaphore(SHARDS_IN_FLIGHT)
 _SHINGLES = {"doc": pl.Int64, "h": pl.UInt64}
 
 
@@ -131,23 +127,28 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
     live = np.zeros(n, dtype=bool)
+    sharded = bool(getattr(ctx.silver, "sharded", ()))
 
     def batch(docs: np.ndarray, texts: pl.Series, lo: int) -> None:
         """Written into `keys` at each report's doc number (sources never share one)."""
-        with _BATCHES_AT_ONCE:
-            part = docs[lo:lo + chunk]
-            d, h = drop_shingles(*shingle_hashes(texts.slice(lo, chunk), k), stop)
-            # specific shingles a report (occurrences: a 5-gram rarely repeats within one summary)
-            ok = np.bincount(d, minlength=len(part)) >= params["min_shingles"]
-            sel = ok[d] if len(d) else np.zeros(0, dtype=bool)
-            keys[part] = band_keys(minhash_signatures(d[sel], h[sel], len(part), bins), rpb)
-            live[part] = ok
+        part = docs[lo:lo + chunk]
+        d, h = drop_shingles(*shingle_hashes(texts.slice(lo, chunk), k), stop)
+        # specific shingles a report (occurrences: a 5-gram rarely repeats within one summary)
+        ok = np.bincount(d, minlength=len(part)) >= params["min_shingles"]
+        sel = ok[d] if len(d) else np.zeros(0, dtype=bool)
+        keys[part] = band_keys(minhash_signatures(d[sel], h[sel], len(part), bins), rpb)
+        live[part] = ok
 
     def sketch(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
-        # Batches side by side: a city small enough to be held is one shard, whose batches would otherwise
-        # take turns on one core (NumPy lets go of the GIL for most of a batch's work).
-        with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
-            list(pool.map(lambda lo: batch(docs, texts, lo), range(0, len(texts), chunk)))
+        starts = range(0, len(texts), chunk)
+        if sharded:  # shards already run side by side, each its batches in turn
+            for lo in starts:
+                batch(docs, texts, lo)
+        else:
+            # A city small enough to be held is one shard, whose batches would otherwise take turns on
+            # one core (NumPy lets go of the GIL for most of a batch's work).
+            with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
+                list(pool.map(lambda lo: batch(docs, texts, lo), starts))
         return pl.DataFrame({"sketched": [len(docs)]})
 
     _over_texts(ctx, reports, np.arange(n), params["max_chars"], sketch, {"sketched": pl.Int64})
