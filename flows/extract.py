@@ -229,16 +229,16 @@ def _pull_table(
     if conn.engine.dialect.name == "sqlite":
         # SQLite can still rule out what is certainly older: a value that starts with a real date two days
         # before the lower bound is before it whatever its time and offset. Everything else (later dates,
-        # other formats, junk, NULL) comes here to be parsed. Without this, the key and change column of
-        # every row were fetched and parsed each night to find the 1 % that changed.
+        # other formats, junk, NULL) comes here to be parsed. Else the key and change time of every row
+        # would be fetched and parsed each night to find the few that changed.
         head = sa.func.substr(change, 1, 10)
         older = sa.and_(change.op("GLOB")(_ISO_DATE), head < (lower - timedelta(days=2)).date().isoformat(),
                         sa.func.date(head).is_not(None))
         frame = _frame(conn, everything.where(sa.or_(change.is_(None), sa.not_(older))), columns)
         return frame.filter(keep.is_null() | (keep >= lower)), False
 
-    # Elsewhere (MySQL): scan the key and the change column only, parse them here, then fetch the changed
-    # rows by key.
+    # Other databases (MySQL): scan the key and the change column only, parse them here, then fetch the
+    # changed rows by key.
     key = _column(table, _native_key(native))
     narrow = _frame(conn, sa.select(_as_text(key), _as_text(change)), [key.name, change.name])
     ts = narrow.select(parse_timestamp(pl.col(change.name)).alias("ts"), pl.col(key.name).alias("k"))
