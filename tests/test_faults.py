@@ -340,12 +340,13 @@ def test_filedrop_repeated_delivery_is_loaded_once(tmp_path):
     assert not (layout.quarantine / f"as_of={AS_OF + DAY}").exists()
 
     # The same export delivered again under a new date: loaded, and every row is still there once. None of
-    # its rows differs from the delivery loaded before, so none is normalized again.
+    # its rows differs from the delivery loaded before, so none is normalized again, but the last of each
+    # file (which may have been a cut-off record then).
     shutil.copytree(loaded, loaded.parent / str(AS_OF + DAY))
     third, _ = night(layout, registry, AS_OF + 2 * DAY, only=[fd], finish=False)
     assert extract_rows(third[fd.id]) == extract_rows(first[fd.id])
-    assert unchanged_rows(third[fd.id]) == {t: c["in"] for t, c in first[fd.id].counts.items()}
-    assert all(c == {"in": 0, "silver": 0, "quarantined": 0} for c in third[fd.id].counts.values())
+    assert unchanged_rows(third[fd.id]) == {t: c["in"] - 1 for t, c in first[fd.id].counts.items()}
+    assert all(c["in"] == 1 for c in third[fd.id].counts.values())
     assert_balanced(third[fd.id])
     assert_one_row_per_key(layout, fd.id)
     for k, frame in silver_all(layout, [fd.id]).items():
@@ -377,12 +378,11 @@ def test_filedrop_delivery_normalizes_only_its_new_and_changed_rows(tmp_path):
     second, _ = night(layout, registry, AS_OF + DAY, only=[fd], finish=False)
     assert_balanced(second[fd.id])
     counts, unchanged = second[fd.id].counts, unchanged_rows(second[fd.id])
-    assert counts["projects"] == {"in": 1, "silver": 1, "quarantined": 0}
-    assert counts["problems"]["in"] == 1
-    assert unchanged["projects"] == first[fd.id].counts["projects"]["in"] - 1
-    assert unchanged["problems"] == first[fd.id].counts["problems"]["in"]
-    assert all(counts[t]["in"] == 0 for t in counts if t not in ("projects", "problems"))
-    assert all(not layout.quarantine_file(AS_OF + DAY, fd.id, t).exists() for t in counts if t != "problems")
+    # The changed and the new row go on, and so does the last row the delivery before had in each file.
+    assert counts["projects"]["in"] == 2 and counts["problems"]["in"] == 2
+    assert unchanged["projects"] == first[fd.id].counts["projects"]["in"] - 2
+    assert unchanged["problems"] == first[fd.id].counts["problems"]["in"] - 1
+    assert all(counts[t]["in"] == 1 for t in counts if t not in ("projects", "problems"))
     assert silver(layout, "projects", fd.id).filter(pl.col("project_id") == pid)["status"].item() == "suspended"
 
     # The control warehouse has lost its bronze, so nothing can be compared: it normalizes the whole delivery.
@@ -393,6 +393,29 @@ def test_filedrop_delivery_normalizes_only_its_new_and_changed_rows(tmp_path):
     assert silver_all(layout, [fd.id]).keys() == silver_all(control, [fd.id]).keys()
     for k, frame in silver_all(layout, [fd.id]).items():
         assert frame.equals(silver_all(control, [fd.id])[k]), k
+    assert_one_row_per_key(layout, fd.id)
+
+
+def test_filedrop_record_taken_for_cut_off_then_delivered_whole_reaches_silver(tmp_path):
+    """A file whose last line break is missing: its last record is quarantined as cut off. The next delivery
+    brings the same record, value for value, whole: it is not taken as loaded before."""
+    registry = _city(tmp_path)
+    fd = _by_dialect(registry, "filedrop")
+    d28 = newest_delivery(fd)
+    whole = (d28 / "项目.csv").read_bytes()
+    (d28 / "项目.csv").write_bytes(whole.rstrip(b"\r\n"))
+    layout = Layout(tmp_path / "wh")
+    first, _ = night(layout, registry, AS_OF, only=[fd], finish=False)
+    assert_balanced(first[fd.id])
+    last = read_delivery_csv(d28 / "项目.csv")["项目编号"][-1]
+    assert last not in silver(layout, "projects", fd.id)["project_id"].to_list()
+
+    d29 = d28.parent / "2026-11-29"
+    shutil.copytree(d28, d29)
+    (d29 / "项目.csv").write_bytes(whole)
+    second, _ = night(layout, registry, AS_OF + DAY, only=[fd], finish=False)
+    assert_balanced(second[fd.id])
+    assert last in silver(layout, "projects", fd.id)["project_id"].to_list()
     assert_one_row_per_key(layout, fd.id)
 
 
@@ -445,9 +468,10 @@ def test_filedrop_late_and_out_of_order_deliveries_never_regress_newer_data(tmp_
     assert final.equals(now) and final.height == projects.height
     assert_one_row_per_key(layout, fd.id)
     assert StateStore(layout.state_url).loaded_deliveries(fd.id, before=AS_OF + 4 * DAY) == {d28.name, d30.name}
-    # 11-30 differs from 11-28 (loaded before it) in X and Z only: the other rows were not normalized again.
-    assert third[fd.id].counts["projects"]["in"] == 2
-    assert 2 + unchanged_rows(third[fd.id])["projects"] == first[fd.id].counts["projects"]["in"]
+    # 11-30 differs from 11-28 (loaded before it) in X and Z only: the other rows were not normalized again,
+    # but the last (which may have been a cut-off record).
+    assert third[fd.id].counts["projects"]["in"] == 3
+    assert 3 + unchanged_rows(third[fd.id])["projects"] == first[fd.id].counts["projects"]["in"]
 
 
 def _cut_inside_timestamp(data: bytes, min_row: int = 3) -> tuple[bytes, int]:

@@ -59,7 +59,8 @@ def replace_children(
 
 def drop_unchanged(tonight: pl.DataFrame, before: pl.DataFrame) -> pl.DataFrame:
     """The rows of tonight's full delivery that are not, value for value, a row of the delivery silver last
-    took (`before`): the rest are in silver already, and normalizing them again would change nothing.
+    took (`before`): the rest were normalized the night it was loaded (into silver or the quarantine), and
+    normalizing them again would change nothing.
 
     Exact, not hashed (a collision would lose a change), and in tonight's order. Only when both deliveries
     have the same header in the same order; otherwise every row goes on, as a first delivery's would.
