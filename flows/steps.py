@@ -177,8 +177,8 @@ def normalize_source(
         # rows that arrive tonight keep what silver knew for it, rather than being blanked.
         absent = [canon for native, canon in native_tables(source.dialect)[table].columns.items()
                   if native in result.missing_columns]
-        nothing_new = result.clean.is_empty() and layout.silver_file(table, source.id).exists()
-        if not nothing_new:  # an upsert of no rows would rewrite silver as it is
+        # An upsert of no rows would rewrite silver (and a report's metrics) as they are.
+        if result.clean.height or not layout.silver_file(table, source.id).exists():
             silver = upsert(_read_silver(layout, table, source.id), result.clean, table, keep=absent)
             _write_parquet(silver, layout.silver_file(table, source.id))
             del silver

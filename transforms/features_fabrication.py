@@ -259,8 +259,7 @@ def drop_shingles(doc: np.ndarray, h: np.ndarray, stop: np.ndarray) -> tuple[np.
     return doc[keep], h[keep]
 
 
-def _oph(doc_bins: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int, flat: np.ndarray | None = None
-         ) -> np.ndarray:
+def _oph(doc_bins: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int, flat: np.ndarray) -> np.ndarray:
     """One-permutation MinHash with rotation densification (Shrivastava & Li 2014): the top bits of each
     shingle hash pick one of `n_bins` bins, the rest is the value; a bin left empty borrows from the next
     non-empty bin. `doc_bins` is each shingle's document × `n_bins` (uint64); `h` is overwritten, and so
@@ -272,7 +271,6 @@ def _oph(doc_bins: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int, flat: np
     if len(h) == 0:
         return sig
     # In place, one pass each: the cost is passes over every shingle of the batch, for every round.
-    flat = np.empty_like(h) if flat is None else flat
     if bits:
         np.right_shift(h, _U64(64 - bits), out=flat)
     else:
