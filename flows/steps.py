@@ -43,6 +43,7 @@ from transforms.normalize import MissingColumnsError, normalize_table
 from transforms.schema import QUARANTINE_SCHEMA, TABLES
 from warehouse.analysts import refresh_views
 from warehouse.history import previous_partitions
+from warehouse.kept import KeptStore
 from warehouse.layout import Layout
 from warehouse.marts import SOURCES_SCHEMA, MartInputs, build_all
 from warehouse.publish import publish
@@ -421,7 +422,7 @@ def evaluate(
         contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
         deadline_flags(silver, as_of),
-        rule_flags(RuleContext(silver, as_of), validator, after_each=lambda: release_freed_memory(collect=False)),
+        rule_flags(RuleContext(silver, as_of, KeptStore(layout.kept)), validator, after_each=lambda: release_freed_memory(collect=False)),
     ]).unique(maintain_order=True)
     if docs_dir is not None:
         shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import zlib
 from itertools import combinations
 from typing import NamedTuple
 
@@ -39,6 +40,15 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         x *= _U64(0x94D049BB133111EB)
         x ^= np.right_shift(x, _U64(31), out=shifted)
         return x
+
+
+def stable_key_hash(*columns: pl.Series) -> np.ndarray:
+    """A 64-bit hash of each row's strings (joined by U+001F), the same on every machine and with every
+    library version (CRC-32 of the UTF-8 key, spread over 64 bits by splitmix64): for choices that must
+    stay put from one night to the next. NULL hashes as the empty string."""
+    keys = zip(*(c.fill_null("").to_list() for c in columns), strict=True)
+    crc = np.fromiter((zlib.crc32("\x1f".join(k).encode()) for k in keys), np.uint64, len(columns[0]))
+    return _splitmix64(crc)
 
 
 def report_sequence(reports: pl.DataFrame) -> pl.DataFrame:

@@ -8,6 +8,7 @@
   .releases/<release>/<mart>/as_of=D/data.parquet
   .releases/<release>/_manifest.json                   as_of dates and row counts per mart, release id
   docs/as_of=D/                                        Great Expectations Data Docs
+  kept/<rule_id>/<name>.parquet                        what a rule keeps between nights (safe to delete)
   state.sqlite                                         the pipeline's own state (watermarks, runs, outbox)
   qingfeng.duckdb                                      analysts' views over the marts
 """
@@ -99,6 +100,10 @@ class Layout:
 
     def docs(self, as_of: date) -> Path:
         return self.root / "docs" / f"as_of={as_of.isoformat()}"
+
+    @property
+    def kept(self) -> Path:
+        return self.root / "kept"
 
     @property
     def state_db(self) -> Path:

@@ -29,6 +29,7 @@ import polars as pl
 
 from expectations.catalog import empty_flags, flag_frame
 from expectations.gx_runner import Check, Validator
+from warehouse.kept import KeptStore
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class RuleContext:
     # `warehouse.silver.CitySilver` (evidence read source by source, through `by_source`)
     silver: Mapping[str, pl.DataFrame]
     as_of: date
+    # where a rule keeps per-entity results between nights (warehouse.kept); None: every night from scratch
+    kept: KeptStore | None = None
 
     def table(self, name: str) -> pl.DataFrame:
         """A held table (every source). The evidence of a `CitySilver` is not held: `by_source`."""
@@ -54,7 +57,7 @@ class RuleContext:
         does not hold (report summaries), read for the shard."""
         from warehouse.silver import by_source
 
-        return by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of)), columns)
+        return by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of, self.kept)), columns)
 
 
 def reports_with_evidence_figures(ctx: RuleContext) -> pl.DataFrame:

@@ -5,8 +5,8 @@ Method (scales to millions of reports; no all-pairs):
 1. Text: HTML and everything but Han characters, letters and digits removed; character `shingle_k`-grams
    (Chinese has no spaces to split words on), hashed to 64 bits in one vectorized pass.
 2. Boilerplate: shingles found in at least `max_df_share` of the reports (document frequency, estimated on
-   a sample of up to `df_sample_docs`) are the phrases everyone writes ("坚持以党的政治建设为统领") and are
-   dropped. A summary left with fewer than `min_shingles` shingles says nothing specific: no verdict.
+   a sample of up to `df_sample_docs`, the same from night to night) are the phrases everyone writes
+   ("坚持以党的政治建设为统领") and are dropped. A summary left with fewer than `min_shingles` shingles says nothing specific: no verdict.
 3. Candidates: one-permutation MinHash (`minhash_bins` values a report), LSH banding (`rows_per_band`
    values a band): reports whose band agrees are candidates.
 4. Verdict: exact Jaccard of the two (boilerplate-free) shingle sets of each candidate pair. Each report
@@ -14,10 +14,15 @@ Method (scales to millions of reports; no all-pairs):
    `max_jaccard`. The later report of a pair is the copy; the original is not flagged, nor is a report
    that is at least as close to an earlier report of its own project (a project repeating its own text,
    after someone else copied it, is not the copier).
+
+Between nights each report's band keys are kept (`warehouse.kept`) and read back while its summary and the
+boilerplate among its shingles stay the same: the next night sketches what changed, not the city.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,9 +40,11 @@ from transforms.features_fabrication import (
     drop_shingles,
     jaccard_pairs,
     lsh_candidate_pairs,
+    member,
     minhash_signatures,
     normalize_text,
     shingle_hashes,
+    stable_key_hash,
     ts_json,
 )
 from warehouse.silver import SHARDS_IN_FLIGHT
@@ -45,6 +52,8 @@ from warehouse.silver import SHARDS_IN_FLIGHT
 RULE_ID = "F6"
 ENTITY_TYPE = "report"
 ID_COLUMN = "report_id"
+
+log = logging.getLogger("qingfeng.rules")
 
 PARAMS: dict[str, Param] = {
     "shingle_k": Param(5, "Five characters is about two Chinese words: long enough that two unrelated "
@@ -93,10 +102,11 @@ def _judged(one: RuleContext) -> pl.DataFrame:
     )
 
 
-def _over_texts(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, max_chars: int,
-                each: Callable[[np.ndarray, pl.Series], pl.DataFrame], schema: dict) -> pl.DataFrame:
-    """`each(doc numbers, cleaned texts)` over the reports `docs` (sorted doc numbers of `reports`),
-    source by source: the city's summaries are read where they are stored, never held together."""
+def _over_reports(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray,
+                  each: Callable[[pl.DataFrame], pl.DataFrame], schema: dict) -> pl.DataFrame:
+    """`each(part)` over the reports `docs` (sorted doc numbers of `reports`), a shard of sources at a
+    time: `part` holds their `doc`, `source_id`, `report_id` and `summary`, in doc order. The city's
+    summaries are read where they are stored, never held together."""
     wanted = reports.select("doc", "source_id", "report_id")[docs].partition_by("source_id", as_dict=True)
 
     def per_source(one: RuleContext) -> pl.DataFrame:
@@ -104,11 +114,20 @@ def _over_texts(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, max_c
         parts = [wanted[(sid,)] for sid in judged["source_id"].unique().to_list() if (sid,) in wanted]
         if not parts:
             return pl.DataFrame(schema=schema)
-        part = pl.concat(parts).join(judged, on=["source_id", "report_id"]).sort("doc")
-        texts = part.select(normalize_text("summary").str.slice(0, max_chars)).to_series()
-        return each(part["doc"].to_numpy(), texts)
+        return each(pl.concat(parts).join(judged, on=["source_id", "report_id"]).sort("doc"))
 
     return ctx.by_source(per_source, columns={"stage_reports": ["summary"]})
+
+
+def _texts(part: pl.DataFrame, max_chars: int) -> pl.Series:
+    return part.select(normalize_text("summary").str.slice(0, max_chars)).to_series()
+
+
+def _over_texts(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, max_chars: int,
+                each: Callable[[np.ndarray, pl.Series], pl.DataFrame], schema: dict) -> pl.DataFrame:
+    """`each(doc numbers, cleaned texts)` over the reports `docs`, a shard of sources at a time."""
+    return _over_reports(ctx, reports, docs, lambda part: each(part["doc"].to_numpy(), _texts(part, max_chars)),
+                         schema)
 
 
 def _shingles(docs: np.ndarray, texts: pl.Series, k: int, chunk: int) -> pl.DataFrame:
@@ -121,13 +140,121 @@ def _shingles(docs: np.ndarray, texts: pl.Series, k: int, chunk: int) -> pl.Data
     return pl.concat(parts) if parts else pl.DataFrame(schema=_SHINGLES)
 
 
+def _stable_sample(reports: pl.DataFrame, size: int) -> np.ndarray:
+    """Sorted doc numbers of the `size` reports with the smallest hash of their source and report id: a
+    uniform random sample that stays the same from one night to the next but for the reports added or
+    removed, so that the boilerplate found on it, and the sketches made with it, stay the same too."""
+    h = stable_key_hash(reports["source_id"], reports["report_id"])
+    if size >= len(h):
+        return np.arange(len(h))
+    return np.sort(np.argpartition(h, size - 1)[:size])
+
+
+# The sketch of a report follows from its summary, the boilerplate and these settings alone. Bump the
+# version when shingling, MinHash or banding change; Polars' version is part of it because the hash of
+# a summary (and the regexes that clean it) are only stable within one version.
+SKETCH_VERSION = 1
+_SKETCH_PARAMS = ("shingle_k", "max_chars", "minhash_bins", "rows_per_band", "min_shingles")
+_TEXT_SEED = 0x51F6
+
+
+class _KeptSketches:
+    """The sketches of the night before (`warehouse.kept`): a file a source with each report's band keys
+    and `live`, the hash of the summary and the boilerplate (its fingerprint, `stop`) they were made
+    with; and that boilerplate itself. A report's kept sketch is reused when its summary is the same and
+    so is the boilerplate, or the boilerplate changed by shingles its summary does not have (it is then
+    shingled to find out, which costs a fraction of a sketch). Anything else is sketched again."""
+
+    def __init__(self, ctx: RuleContext, params: dict, stop: np.ndarray):
+        self.store = ctx.kept
+        self.settings = f"v{SKETCH_VERSION}; polars {pl.__version__}; " + "; ".join(
+            f"{p}={params[p]}" for p in _SKETCH_PARAMS)
+        self.k, self.max_chars = params["shingle_k"], params["max_chars"]
+        self.stop, self.fp = stop, _fingerprint(stop)
+        self.prev_fp: int | None = None
+        self.changed = np.empty(0, np.uint64)  # the shingles that entered or left the boilerplate
+        self._kept_rows: dict[str, int] = {}  # source → rows of its file, when all made with tonight's boilerplate
+        self.reused = self.made = 0
+        earlier = self._read(_BOILERPLATE)
+        if earlier is not None and not earlier.is_empty() and earlier["stop"][0] != self.fp:
+            self.prev_fp = int(earlier["stop"][0])
+            self.changed = np.setxor1d(earlier["h"].to_numpy(), stop)
+
+    def _read(self, name: str) -> pl.DataFrame | None:
+        frame = self.store.read(RULE_ID, name) if self.store is not None else None
+        if frame is None or frame.is_empty() or frame["settings"][0] != self.settings:
+            return None
+        return frame
+
+    def match(self, part: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
+        """`part` with its kept `keys` and `live` where the summary is the same, and which of them hold."""
+        kept = []
+        for sid in part["source_id"].unique().to_list():
+            one = self._read(f"source={sid}")
+            if one is not None:
+                if (one["stop"] == self.fp).all():
+                    self._kept_rows[sid] = one.height
+                kept.append(one.select(pl.lit(sid).alias("source_id"), "report_id", "text_hash", "live", "keys",
+                                       "stop"))
+        part = part.with_columns(pl.col("summary").hash(_TEXT_SEED).alias("text_hash"))
+        if not kept:
+            return part, np.zeros(part.height, dtype=bool)
+        part = part.join(pl.concat(kept), on=["source_id", "report_id", "text_hash"], how="left",
+                         maintain_order="left")
+        same = (part["stop"] == self.fp).fill_null(False).to_numpy()
+        if self.prev_fp is not None:
+            older = (part["stop"] == self.prev_fp).fill_null(False).to_numpy()
+            if older.any():
+                rows = np.flatnonzero(older)
+                d, h = shingle_hashes(_texts(part[rows], self.max_chars), self.k)
+                touched = np.zeros(len(rows), dtype=bool)
+                touched[d[member(h, self.changed)]] = True
+                same[rows[~touched]] = True
+        return part, same
+
+    def save(self, part: pl.DataFrame, reused: np.ndarray, keys: np.ndarray, live: np.ndarray) -> None:
+        """Each source's file, unless it holds every report of the source as they are tonight already."""
+        self.reused += int(reused.sum())
+        self.made += int((~reused).sum())
+        if self.store is None:
+            return
+        flagged = part.select("source_id", "report_id", "text_hash", "doc").with_columns(reused=pl.Series(reused))
+        for (sid,), one in flagged.partition_by("source_id", as_dict=True).items():
+            if one["reused"].all() and self._kept_rows.get(sid) == one.height:
+                continue
+            docs = one["doc"].to_numpy()
+            self.store.write(RULE_ID, f"source={sid}", pl.DataFrame({
+                "report_id": one["report_id"], "text_hash": one["text_hash"], "live": live[docs],
+                "keys": pl.Series(keys[docs]), "stop": pl.repeat(self.fp, one.height, dtype=pl.UInt64, eager=True),
+                "settings": pl.repeat(self.settings, one.height, eager=True),
+            }))
+
+    def finish(self) -> None:
+        """Keep tonight's boilerplate, for the next night to see which shingles entered or left it."""
+        if self.store is not None and (self.prev_fp is not None or self._read(_BOILERPLATE) is None):
+            self.store.write(RULE_ID, _BOILERPLATE, pl.DataFrame({
+                "h": self.stop, "stop": pl.repeat(self.fp, len(self.stop), dtype=pl.UInt64, eager=True),
+                "settings": pl.repeat(self.settings, len(self.stop), eager=True),
+            }))
+
+
+_BOILERPLATE = "boilerplate"
+
+
+def _fingerprint(stop: np.ndarray) -> int:
+    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(stop, dtype=np.uint64).tobytes(),
+                                          digest_size=8).digest(), "little")
+
+
 def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Each report's LSH band keys (n × bands) and whether it has enough specific shingles to judge."""
+    """Each report's LSH band keys (n × bands) and whether it has enough specific shingles to judge: kept
+    from the night before where its summary and the boilerplate allow, else sketched."""
     n, k, chunk = reports.height, params["shingle_k"], params["chunk_docs"]
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
     live = np.zeros(n, dtype=bool)
     sharded = bool(getattr(ctx.silver, "sharded", ()))
+    kept = _KeptSketches(ctx, params, stop)
 
     def batch(docs: np.ndarray, texts: pl.Series, lo: int) -> None:
         """Written into `keys` at each report's doc number (sources never share one)."""
@@ -139,9 +266,16 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
         keys[part] = band_keys(minhash_signatures(d[sel], h[sel], len(part), bins), rpb)
         live[part] = ok
 
-    def sketch(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
+    def sketch(part: pl.DataFrame) -> pl.DataFrame:
+        part, reused = kept.match(part)
+        if reused.any():
+            old = part.filter(pl.Series(reused))
+            keys[old["doc"].to_numpy()] = old["keys"].to_numpy()
+            live[old["doc"].to_numpy()] = old["live"].to_numpy()
+        new = part.filter(pl.Series(~reused))
+        docs, texts = new["doc"].to_numpy(), _texts(new, params["max_chars"])
         starts = range(0, len(texts), chunk)
-        if sharded:  # shards already run side by side, each its batches in turn
+        if sharded or len(starts) < 2:  # shards already run side by side, each its batches in turn
             for lo in starts:
                 batch(docs, texts, lo)
         else:
@@ -149,9 +283,12 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
             # one core (NumPy lets go of the GIL for most of a batch's work).
             with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
                 list(pool.map(lambda lo: batch(docs, texts, lo), starts))
+        kept.save(part, reused, keys, live)
         return pl.DataFrame({"sketched": [len(docs)]})
 
-    _over_texts(ctx, reports, np.arange(n), params["max_chars"], sketch, {"sketched": pl.Int64})
+    _over_reports(ctx, reports, np.arange(n), sketch, {"sketched": pl.Int64})
+    kept.finish()
+    log.info("F6: %d sketches kept from the night before, %d made", kept.reused, kept.made)
     return keys, live
 
 
@@ -183,8 +320,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         return pl.DataFrame()
     k, chunk = params["shingle_k"], params["chunk_docs"]
 
-    rng = np.random.default_rng(20261129)
-    sample = np.sort(rng.choice(n, min(n, params["df_sample_docs"]), replace=False))
+    sample = _stable_sample(reports, params["df_sample_docs"])
     sampled = _over_texts(ctx, reports, sample, params["max_chars"], lambda d, t: _shingles(d, t, k, chunk),
                           _SHINGLES)
     stop = boilerplate_shingles(sampled["doc"].to_numpy(), sampled["h"].to_numpy(), len(sample),
