@@ -111,6 +111,16 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _existing(conn, message_ids: list[str], chunk: int = 900) -> set[str]:
+    """Those of `message_ids` already in the outbox, asked in chunks (one query per message cost a second a
+    night, and rendering again what exists cost more)."""
+    found: set[str] = set()
+    for lo in range(0, len(message_ids), chunk):
+        found.update(conn.execute(sa.select(messages.c.message_id).where(
+            messages.c.message_id.in_(message_ids[lo:lo + chunk]))).scalars())
+    return found
+
+
 def _insert(conn, message: dict, carried: list[dict], now: datetime) -> bool:
     """Insert a message and its items unless the message exists. True when inserted."""
     exists = conn.execute(sa.select(messages.c.message_id).where(
@@ -134,7 +144,11 @@ def raise_alerts(engine: sa.Engine, night: NightContext, flags: pl.DataFrame, si
     supervision = raise_.valid_email(night.supervision_email)
     with engine.begin() as conn:
         # D1 reminders: one email per milestone and threshold
-        for item in raise_.due_soon(as_of, flags, silver, sources, supervision):
+        reminders = raise_.due_soon(as_of, flags, silver, sources, supervision)
+        known = _existing(conn, [i["alert_id"] for i in reminders])
+        for item in reminders:
+            if item["alert_id"] in known:  # raised on an earlier night: kept as it was, not rendered again
+                continue
             subject, text, html = render("reminder", item=item, as_of=as_of)
             new += _insert(conn, {
                 "message_id": item["alert_id"], "kind": "reminder", "as_of": as_of, "source_id": item["source_id"],
@@ -173,7 +187,11 @@ def raise_alerts(engine: sa.Engine, night: NightContext, flags: pl.DataFrame, si
 
         # data quality: one email per source with new contract flags or quarantined rows
         seen = set(conn.execute(sa.select(flags_seen.c.flag_key).where(flags_seen.c.first_as_of < as_of)).scalars())
-        for item in raise_.data_quality(as_of, flags, quarantine, sources, supervision, seen):
+        quality = raise_.data_quality(as_of, flags, quarantine, sources, supervision, seen)
+        known = _existing(conn, [i["alert_id"] for i in quality])
+        for item in quality:
+            if item["alert_id"] in known:
+                continue
             subject, text, html = render(
                 "data_quality", item=item, as_of=as_of,
                 docs=str(night.docs_index) if night.docs_index else None,
