@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.pii import _HINT, columns_to_mask, mask_pii, mask_pii_expr
+from transforms.pii import _HINT, _LONG_TEXT, columns_to_mask, mask_pii, mask_pii_expr
 
 CASES = [
     # mobile numbers, alone, in a list, with a country prefix, with separators, full-width
@@ -49,6 +49,14 @@ def test_mask_pii_expression_masks_as_the_text_version_does():
     got = pl.select(mask_pii_expr(pl.lit(pl.Series(texts, dtype=pl.String)))).to_series().to_list()
     assert got == [m for _, m in CASES] + [None]
     assert mask_pii(None) is None
+
+
+def test_a_long_text_is_masked_as_its_lines_are():
+    """An email body (past `_LONG_TEXT` characters) is masked by Polars' regex engine, line by line the same."""
+    lines = [t for t, _ in CASES]
+    repeat = _LONG_TEXT // len("\n".join(lines)) + 2
+    assert len("\n".join(lines * repeat)) > _LONG_TEXT
+    assert mask_pii("\n".join(lines * repeat)) == "\n".join([m for _, m in CASES] * repeat)
 
 
 @settings(max_examples=400, deadline=None)
