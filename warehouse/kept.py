@@ -44,5 +44,5 @@ class KeptStore:
         path = self.file(rule_id, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        frame.write_parquet(tmp)
+        frame.write_parquet(tmp, compression="zstd", compression_level=1)
         os.replace(tmp, path)
