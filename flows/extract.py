@@ -121,8 +121,22 @@ def _bound_connections(engine: sa.Engine, source_id: str, limit: int) -> None:
     sa.event.listen(engine, "close", give_back)
 
 
+# One SQLite fetch at a time in this process. sqlite3 lets go of the GIL for every row it steps to and must
+# take it back for the next: with several sources fetching at once each row waits for the others' turns,
+# and four threads fetched in twice the time one took. The database is a local file, so the fetch is
+# CPU-bound Python either way; sources on a server (PostgreSQL) wait on the network, and fetch side by side.
+_SQLITE_FETCH = threading.Lock()
+
+
 def _frame(conn: sa.Connection, query: sa.Executable, columns: list[str]) -> pl.DataFrame:
     """The query's rows (every column cast to text) as a frame of String columns."""
+    if conn.engine.dialect.name == "sqlite":
+        with _SQLITE_FETCH:
+            return _fetch_frame(conn, query, columns)
+    return _fetch_frame(conn, query, columns)
+
+
+def _fetch_frame(conn: sa.Connection, query: sa.Executable, columns: list[str]) -> pl.DataFrame:
     try:
         rows = conn.execute(query).fetchall()
     except sa.exc.OperationalError as e:
