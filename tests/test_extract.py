@@ -9,6 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
 
 from flows.extract import SourceUnreachable, extract_filedrop, extract_sql, list_deliveries, read_delivery_csv
 from flows.registry import RegistryError, Source, load_registry
@@ -45,6 +48,30 @@ def test_sqlite_text_change_column_is_pulled_incrementally(tmp_path):
     second = extract_sql(src, watermarks={"persons": wm}, overlap=timedelta(days=1), now=NOW)
     got = sorted(second.tables["persons"]["rybh"].to_list())
     assert got == ["P2", "P3", "P4"]  # within the overlap, or unparseable; the January rows are not pulled
+
+
+_SQLITE_VALUE = st.one_of(st.none(), st.text(), st.integers(-(2**63), 2**63 - 1), st.floats(), st.binary(max_size=8))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(_SQLITE_VALUE, _SQLITE_VALUE), max_size=40))
+def test_sqlite_rows_fetched_as_json_are_the_values_fetched_one_by_one(rows):
+    """SQLite sources are fetched a row as one JSON array made by SQLite: every value comes out as the
+    plain fetch gives it (quotes, control characters, NUL, emoji, numbers cast to text, NULL), and a value
+    that is not UTF-8 sends the table to the plain fetch, which decodes it."""
+    from flows.extract import _as_text, _fetch_frame, _fetch_json_rows, _frame
+
+    engine = sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (a, b)")
+        if rows:
+            conn.exec_driver_sql("INSERT INTO t VALUES (?, ?)", rows)
+        table = sa.Table("t", sa.MetaData(), autoload_with=conn)
+        query = sa.select(*[_as_text(c) for c in table.columns])
+        assert_frame_equal(_frame(conn, query, ["a", "b"]), _fetch_frame(conn, query, ["a", "b"]))
+        if not any(isinstance(v, bytes) for row in rows for v in row):  # all UTF-8: no plain fetch needed
+            assert _fetch_json_rows(conn, query) is not None
+    engine.dispose()
 
 
 def test_sqlite_leaves_out_only_rows_certainly_older_than_the_watermark(tmp_path):
