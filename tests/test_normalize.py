@@ -266,6 +266,42 @@ def test_progress_out_of_range_and_fullwidth():
     assert set(r.metrics["report_id"]) == {"R2", "R5", "R6"}
 
 
+def test_a_plan_is_reused_only_for_input_of_its_shape():
+    """Expressions are built once per shape of input (dialect, table, columns, and what the data says
+    about itself: HTML entities, full-width forms) and reused: normalizing tables one after the other, in
+    either order, gives what each gives alone."""
+    from transforms.normalize import _plan
+
+    reports = GOOD["legacy"]["stage_reports"][0]
+    problems = GOOD["platform"]["problems"][0]
+    inputs = [
+        (frame("legacy", "stage_reports", [dict(reports, report_id="R1", progress_pct="85")]), "legacy", "stage_reports"),
+        (frame("legacy", "stage_reports", [dict(reports, report_id="R2", progress_pct="８５％")]), "legacy",
+         "stage_reports"),
+        (frame("platform", "problems", [dict(problems, problem_id="W1", category="作风")]), "platform", "problems"),
+        (frame("platform", "problems", [dict(problems, problem_id="W2", category="&#20316;&#39118;")]), "platform",
+         "problems"),
+    ]
+
+    def each_alone() -> list[tuple[list, list]]:
+        out = []
+        for raw, dialect, table in inputs:
+            _plan.cache_clear()
+            r = run(raw, dialect, table)
+            out.append((r.clean.rows(), r.quarantine.rows()))
+        return out
+
+    alone = each_alone()
+    assert alone[1][1] == [] and 85.0 in alone[1][0][0]  # the full-width percentage parsed
+    assert "作风" in alone[3][0][0]  # the entities decoded
+    for order in (inputs, inputs[::-1]):
+        _plan.cache_clear()
+        got = {id(raw): (r.clean.rows(), r.quarantine.rows())
+               for raw, dialect, table in order for r in [run(raw, dialect, table)]}
+        assert [got[id(raw)] for raw, _, _ in inputs] == alone
+    assert _plan.cache_info().currsize == 4  # four shapes: full-width or not, entities or not
+
+
 def test_evidence_numbers_and_hashes():
     base = GOOD["legacy"]["evidence"][0]
     rows = [

@@ -21,6 +21,7 @@ ones included). Nothing here does I/O.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from dataclasses import dataclass, field
 
@@ -240,6 +241,133 @@ def _match_columns(raw: pl.DataFrame, native: dict[str, str]) -> tuple[dict[str,
 _P = "\x00qf_"  # prefix of internal columns: cannot clash with a source column name
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The expressions that normalize one shape of input (see `_plan`), built once and applied to any
+    frame of that shape."""
+
+    stages: tuple[tuple[pl.Expr, ...], ...]  # the with_columns stages up to the final values
+    dedupe: tuple[pl.Expr, ...]  # the duplicate key and the version order
+    order: pl.Expr
+    sort_by: tuple[str, ...]
+    winner: tuple[pl.Expr, ...]
+    row: str
+    flags: tuple[str, ...]
+    checks: tuple[Check, ...]
+    keep: tuple[str, ...]
+    reason: pl.Expr
+    raw_json: pl.Expr
+
+    def query(self, lf: pl.LazyFrame) -> pl.LazyFrame:
+        lf = lf.with_row_index(self.row)
+        for stage in self.stages:
+            lf = lf.with_columns(*stage)
+        lf = lf.with_columns(*self.dedupe).with_columns(self.order).sort(list(self.sort_by), nulls_last=False)
+        lf = lf.with_columns(*self.winner).sort(self.row)
+        lf = lf.with_columns(flag.alias(name) for (flag, _), name in zip(self.checks, self.flags, strict=True))
+        lf = lf.with_columns(pl.any_horizontal(pl.col(f) for f in self.flags).alias(_P + "bad"))
+        return lf.select(list(self.keep))
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(dialect: str, table: str, columns: tuple[str, ...], found_items: tuple[tuple[str, str], ...],
+          entity_items: tuple[tuple[str, str], ...], fullwidth_flags: tuple[bool, ...]) -> _Plan:
+    """The normalization of a table of `columns` (matched to the contract as `found_items`), given what the
+    data told about itself: the HTML entities its text holds and which columns hold full-width forms.
+    Nothing else about the data enters an expression, so a night builds a few dozen plans for its hundreds
+    of tables (a plan's Python costs about as much as normalizing a table of a hundred rows)."""
+    spec = TABLES[table]
+    found = dict(found_items)
+    entities = dict(entity_items)
+    fullwidth = dict(zip(spec.columns, fullwidth_flags, strict=True))
+
+    def src(column: str) -> pl.Expr:
+        return pl.col(found[column]) if column in found else pl.lit(None, pl.String)
+
+    kinds = {c: column_kind(table, c) for c in spec.columns}
+    parsed = {c: pl.col(_P + "p_" + c) for c in spec.columns}
+    present = {c: pl.col(_P + "nb_" + c) if kinds[c] in _TYPED else pl.lit(True) for c in spec.columns}
+    # stage 1: parse every column once, plus "the raw value is not blank" for typed columns
+    fast = {c: pl.col(_P + "f_" + c) for c in spec.columns if kinds[c] in _FAST}
+    stage_fast = tuple(_FAST[kinds[c]](src(c)).alias(_P + "f_" + c) for c in fast)
+    stage0 = tuple(
+        _PREPARE[kinds[c]](
+            pl.when(fast[c].is_null()).then(src(c)) if c in fast else src(c), fullwidth=fullwidth[c]
+        ).alias(_P + "s_" + c)
+        for c in spec.columns
+        if kinds[c] in _PREPARE
+    )
+    row, dkey, order, rowhash = (_P + n for n in ("row", "dkey", "order", "hash"))
+    stage1 = (
+        *[_parse(
+            table, c, pl.col(_P + "s_" + c) if kinds[c] in _PREPARE else src(c), dialect=dialect, entities=entities,
+            fast=fast.get(c), fullwidth=fullwidth[c],
+        ).alias(_P + "p_" + c) for c in spec.columns],
+        *[(~parse.is_blank(src(c))).alias(_P + "nb_" + c) for c in spec.columns if kinds[c] in _TYPED],
+        (pl.struct(pl.col(c) for c in columns).hash() if columns else pl.lit(0, pl.UInt64)).alias(rowhash),
+        *([src("metrics").alias(_P + "metrics")] if table == "stage_reports" else []),
+    )
+    # stage 2: final values and failure flags, from the stage-1 columns
+    values: list[pl.Expr] = []
+    checks: list[Check] = []
+    for c in spec.columns:
+        value, cs = _check(table, c, src(c), parsed[c], present[c])
+        values.append(value.alias(_P + c))
+        checks.extend(cs)
+    # (a typed column whose non-blank value did not parse already has its own reason)
+    checks = [
+        (
+            (pl.col(_P + c).is_null() & ~(present[c] & pl.lit(kinds[c] in _TYPED))).fill_null(True),
+            _lit(f"{c}: required value missing"),
+        )
+        for c in spec.required
+    ] + checks
+
+    # duplicates: the latest version (updated_at, then input order) of each case-insensitive key wins
+    change = spec.change_column if spec.change_column in spec.columns else None
+    dedupe = (
+        parse.dedupe_key(pl.col(_P + spec.key)).alias(dkey),
+        (pl.col(_P + change) if change else pl.lit(None, pl.Int64)).alias(order),
+    )
+    # Sort by (key, version, input order): the last row of each key is its winner; a backward fill
+    # of the winner's figures gives every loser what it lost to. (No per-group sort: one global sort.)
+    order_phys = pl.col(order).to_physical().cast(pl.Int64).fill_null(-(2**63)).alias(order)
+    is_winner = pl.col(dkey).is_null() | pl.col(dkey).is_last_distinct()
+    winner = (
+        pl.when(is_winner).then(pl.col(rowhash)).backward_fill().alias(_P + "whash"),
+        pl.when(is_winner).then(pl.col(order)).backward_fill().alias(_P + "worder"),
+        (~is_winner).alias(_P + "loser"),
+    )
+    loser = pl.col(_P + "loser")
+    winner_hash, same_order = pl.col(_P + "whash"), pl.col(order) == pl.col(_P + "worder")
+    exact = loser & (pl.col(rowhash) == winner_hash)
+    has_change = pl.lit(change is not None)
+    dup_checks: list[Check] = [
+        (exact, _lit("duplicate: exact copy of a later row with the same id")),
+        (loser & ~exact & same_order & has_change,
+         _lit("duplicate: superseded by a later row with the same id and the same updated_at")),
+        (loser & ~exact & ~same_order & has_change, _lit("duplicate: superseded by a later version of the same id")),
+        (loser & ~exact & ~has_change, _lit("duplicate: superseded by a later row with the same id")),
+    ]
+    checks = dup_checks + checks
+    flags = tuple(_P + f"f{i}" for i in range(len(checks)))
+
+    keep = [row, _P + "bad", *(_P + c for c in spec.columns), *flags, *columns]
+    if table == "stage_reports":
+        keep.append(_P + "metrics")
+    return _Plan(
+        stages=(stage_fast, stage0, stage1, tuple(values)),
+        dedupe=dedupe, order=order_phys, sort_by=(dkey, order, row), winner=winner, row=row,
+        flags=flags, checks=tuple(checks), keep=tuple(keep),
+        reason=pl.concat_str(
+            [pl.when(pl.col(f)).then(message) for f, (_, message) in zip(flags, checks, strict=True)],
+            separator="; ",
+            ignore_nulls=True,
+        ),
+        raw_json=pl.struct(pl.col(c) for c in columns).struct.json_encode() if columns else _lit("{}"),
+    )
+
+
 def normalize_table(raw: pl.DataFrame, *, dialect: str, table: str, source_id: str) -> Normalized:
     """Normalize one native table of one source onto the canonical table `table` (see module doc).
 
@@ -261,113 +389,20 @@ def normalize_table(raw: pl.DataFrame, *, dialect: str, table: str, source_id: s
     non_string = {c: pl.String for c, t in raw.schema.items() if t != pl.String}
     frame = raw.cast(non_string) if non_string else raw  # type: ignore[arg-type]
 
-    text_inputs = [found[c] for c in spec.columns if c in found and column_kind(table, c) in ("text", "code")]
-    entities: dict[str, str] = {}
-    for c in text_inputs:
-        entities.update(parse.html_entity_map(frame[c]))
-
-    def src(column: str) -> pl.Expr:
-        return pl.col(found[column]) if column in found else pl.lit(None, pl.String)
-
     kinds = {c: column_kind(table, c) for c in spec.columns}
-    has_fw = parse.has_fullwidth(frame, {found[c] for c in spec.columns if c in found and kinds[c] in _HALFWIDTH})
-    fullwidth = {c: has_fw.get(found.get(c, ""), False) for c in spec.columns}
-    parsed = {c: pl.col(_P + "p_" + c) for c in spec.columns}
-    present = {c: pl.col(_P + "nb_" + c) if kinds[c] in _TYPED else pl.lit(True) for c in spec.columns}
-    # stage 1: parse every column once, plus "the raw value is not blank" for typed columns
-    fast = {c: pl.col(_P + "f_" + c) for c in spec.columns if kinds[c] in _FAST}
-    stage_fast = [_FAST[kinds[c]](src(c)).alias(_P + "f_" + c) for c in fast]
-    stage0 = [
-        _PREPARE[kinds[c]](
-            pl.when(fast[c].is_null()).then(src(c)) if c in fast else src(c), fullwidth=fullwidth[c]
-        ).alias(_P + "s_" + c)
-        for c in spec.columns
-        if kinds[c] in _PREPARE
-    ]
-    stage1 = [
-        _parse(
-            table, c, pl.col(_P + "s_" + c) if kinds[c] in _PREPARE else src(c), dialect=dialect, entities=entities,
-            fast=fast.get(c), fullwidth=fullwidth[c],
-        ).alias(_P + "p_" + c)
-        for c in spec.columns
-    ] + [(~parse.is_blank(src(c))).alias(_P + "nb_" + c) for c in spec.columns if kinds[c] in _TYPED]
-    # stage 2: final values and failure flags, from the stage-1 columns
-    values: dict[str, pl.Expr] = {}
-    checks: list[Check] = []
+    entities: dict[str, str] = {}
     for c in spec.columns:
-        value, cs = _check(table, c, src(c), parsed[c], present[c])
-        values[c] = value.alias(_P + c)
-        checks.extend(cs)
-    # (a typed column whose non-blank value did not parse already has its own reason)
-    checks = [
-        (
-            (pl.col(_P + c).is_null() & ~(present[c] & pl.lit(kinds[c] in _TYPED))).fill_null(True),
-            _lit(f"{c}: required value missing"),
-        )
-        for c in spec.required
-    ] + checks
-
-    row, dkey, order, rowhash = (_P + n for n in ("row", "dkey", "order", "hash"))
-    lf = (
-        frame.lazy()
-        .with_row_index(row)
-        .with_columns(*stage_fast)
-        .with_columns(*stage0)
-        .with_columns(
-            *stage1,
-            (pl.struct(pl.col(c) for c in raw.columns).hash() if raw.columns else pl.lit(0, pl.UInt64)).alias(rowhash),
-            *([src("metrics").alias(_P + "metrics")] if table == "stage_reports" else []),
-        )
-        .with_columns(*values.values())
-    )
-    # duplicates: the latest version (updated_at, then input order) of each case-insensitive key wins
-    change = spec.change_column if spec.change_column in spec.columns else None
-    lf = lf.with_columns(
-        parse.dedupe_key(pl.col(_P + spec.key)).alias(dkey),
-        (pl.col(_P + change) if change else pl.lit(None, pl.Int64)).alias(order),
-    )
-    # Sort by (key, version, input order): the last row of each key is its winner; a backward fill
-    # of the winner's figures gives every loser what it lost to. (No per-group sort: one global sort.)
-    order_phys = pl.col(order).to_physical().cast(pl.Int64).fill_null(-(2**63)).alias(order)
-    lf = lf.with_columns(order_phys).sort([dkey, order, row], nulls_last=False)
-    is_winner = pl.col(dkey).is_null() | pl.col(dkey).is_last_distinct()
-    lf = lf.with_columns(
-        pl.when(is_winner).then(pl.col(rowhash)).backward_fill().alias(_P + "whash"),
-        pl.when(is_winner).then(pl.col(order)).backward_fill().alias(_P + "worder"),
-        (~is_winner).alias(_P + "loser"),
-    ).sort(row)
-    loser = pl.col(_P + "loser")
-    winner_hash, same_order = pl.col(_P + "whash"), pl.col(order) == pl.col(_P + "worder")
-    exact = loser & (pl.col(rowhash) == winner_hash)
-    has_change = pl.lit(change is not None)
-    dup_checks: list[Check] = [
-        (exact, _lit("duplicate: exact copy of a later row with the same id")),
-        (loser & ~exact & same_order & has_change,
-         _lit("duplicate: superseded by a later row with the same id and the same updated_at")),
-        (loser & ~exact & ~same_order & has_change, _lit("duplicate: superseded by a later version of the same id")),
-        (loser & ~exact & ~has_change, _lit("duplicate: superseded by a later row with the same id")),
-    ]
-    checks = dup_checks + checks
-    flags = [(_P + f"f{i}") for i in range(len(checks))]
-    lf = lf.with_columns(flag.alias(name) for (flag, _), name in zip(checks, flags, strict=True))
-    lf = lf.with_columns(pl.any_horizontal(pl.col(f) for f in flags).alias(_P + "bad"))
-
-    keep = [row, _P + "bad", *(_P + c for c in spec.columns), *flags, *raw.columns]
-    if table == "stage_reports":
-        keep.append(_P + "metrics")
+        if c in found and kinds[c] in ("text", "code"):
+            entities.update(parse.html_entity_map(frame[found[c]]))
+    has_fw = parse.has_fullwidth(frame, {found[c] for c in spec.columns if c in found and kinds[c] in _HALFWIDTH})
+    plan = _plan(dialect, table, tuple(raw.columns), tuple(found.items()), tuple(sorted(entities.items())),
+                 tuple(has_fw.get(found.get(c, ""), False) for c in spec.columns))
     # The in-memory engine: the streaming one (Polars' default) costs a few ms more to set up per query,
     # most of the cost of a small table, is ~20% slower on 10k rows and no faster on 1M rows (with more
     # memory: the global sort needs the whole frame anyway).
-    out = lf.select(keep).collect(engine="in-memory")
-    bad = out.filter(pl.col(_P + "bad"))
+    out = plan.query(frame.lazy()).collect(engine="in-memory")
     # reasons: built on the failing rows only
-    reason = pl.concat_str(
-        [pl.when(pl.col(f)).then(message) for f, (_, message) in zip(flags, checks, strict=True)],
-        separator="; ",
-        ignore_nulls=True,
-    )
-    raw_json = pl.struct(pl.col(c) for c in raw.columns).struct.json_encode() if raw.columns else _lit("{}")
-    bad = bad.with_columns(reason.alias(_P + "reason"), raw_json.alias(_P + "raw"))
+    bad = out.filter(pl.col(_P + "bad")).with_columns(plan.reason.alias(_P + "reason"), plan.raw_json.alias(_P + "raw"))
 
     ok = out.filter(~pl.col(_P + "bad"))
     clean = ok.select(
@@ -383,7 +418,7 @@ def normalize_table(raw: pl.DataFrame, *, dialect: str, table: str, source_id: s
     )
 
     if table == "stage_reports" and "metrics" in found:
-        ok = ok.with_columns(raw_json.alias(_P + "raw"))
+        ok = ok.with_columns(plan.raw_json.alias(_P + "raw"))
         metrics, metrics_q = parse_metrics(
             ok, source_id=source_id, report_col=_P + "report_id", metrics_col=_P + "metrics", raw_col=_P + "raw"
         )
