@@ -6,7 +6,8 @@ Method (scales to millions of reports; no all-pairs):
    (Chinese has no spaces to split words on), hashed to 64 bits in one vectorized pass.
 2. Boilerplate: shingles found in at least `max_df_share` of the reports (document frequency, estimated on
    a sample of up to `df_sample_docs`, the same from night to night) are the phrases everyone writes
-   ("坚持以党的政治建设为统领") and are dropped. A summary left with fewer than `min_shingles` shingles says nothing specific: no verdict.
+   ("坚持以党的政治建设为统领") and are dropped. A summary left with fewer than `min_shingles` shingles
+   says nothing specific: no verdict.
 3. Candidates: one-permutation MinHash (`minhash_bins` values a report), LSH banding (`rows_per_band`
    values a band): reports whose band agrees are candidates.
 4. Verdict: exact Jaccard of the two (boilerplate-free) shingle sets of each candidate pair. Each report
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -175,8 +177,10 @@ class _KeptSketches:
         self.changed = np.empty(0, np.uint64)  # the shingles that entered or left the boilerplate
         self._kept_rows: dict[str, int] = {}  # source → rows of its file, when all made with tonight's boilerplate
         self.reused = self.made = 0
+        self._lock = threading.Lock()  # the shards of a city too large to hold are sketched side by side
         earlier = self._read(_BOILERPLATE)
-        if earlier is not None and not earlier.is_empty() and earlier["stop"][0] != self.fp:
+        self._boilerplate_is_kept = earlier is not None and earlier["stop"][0] == self.fp
+        if earlier is not None and not self._boilerplate_is_kept:
             self.prev_fp = int(earlier["stop"][0])
             self.changed = np.setxor1d(earlier["h"].to_numpy(), stop)
 
@@ -214,8 +218,9 @@ class _KeptSketches:
 
     def save(self, part: pl.DataFrame, reused: np.ndarray, keys: np.ndarray, live: np.ndarray) -> None:
         """Each source's file, unless it holds every report of the source as they are tonight already."""
-        self.reused += int(reused.sum())
-        self.made += int((~reused).sum())
+        with self._lock:
+            self.reused += int(reused.sum())
+            self.made += int((~reused).sum())
         if self.store is None:
             return
         flagged = part.select("source_id", "report_id", "text_hash", "doc").with_columns(reused=pl.Series(reused))
@@ -231,7 +236,7 @@ class _KeptSketches:
 
     def finish(self) -> None:
         """Keep tonight's boilerplate, for the next night to see which shingles entered or left it."""
-        if self.store is not None and (self.prev_fp is not None or self._read(_BOILERPLATE) is None):
+        if self.store is not None and not self._boilerplate_is_kept:
             self.store.write(RULE_ID, _BOILERPLATE, pl.DataFrame({
                 "h": self.stop, "stop": pl.repeat(self.fp, len(self.stop), dtype=pl.UInt64, eager=True),
                 "settings": pl.repeat(self.settings, len(self.stop), eager=True),
