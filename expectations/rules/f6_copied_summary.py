@@ -167,8 +167,9 @@ class _KeptSketches:
     so is the boilerplate, or the boilerplate changed by shingles its summary does not have (it is then
     shingled to find out, which costs a fraction of a sketch). Anything else is sketched again."""
 
-    def __init__(self, ctx: RuleContext, params: dict, stop: np.ndarray):
+    def __init__(self, ctx: RuleContext, params: dict, stop: np.ndarray, parallel: bool):
         self.store = ctx.kept
+        self.chunk, self.parallel = params["chunk_docs"], parallel
         self.settings = f"v{SKETCH_VERSION}; polars {pl.__version__}; " + "; ".join(
             f"{p}={params[p]}" for p in _SKETCH_PARAMS)
         self.k, self.max_chars = params["shingle_k"], params["max_chars"]
@@ -207,13 +208,17 @@ class _KeptSketches:
                          maintain_order="left")
         same = (part["stop"] == self.fp).fill_null(False).to_numpy()
         if self.prev_fp is not None:
-            older = (part["stop"] == self.prev_fp).fill_null(False).to_numpy()
-            if older.any():
-                rows = np.flatnonzero(older)
-                d, h = shingle_hashes(_texts(part[rows], self.max_chars), self.k)
-                touched = np.zeros(len(rows), dtype=bool)
+            older = np.flatnonzero((part["stop"] == self.prev_fp).fill_null(False).to_numpy())
+            texts = _texts(part[older], self.max_chars)
+
+            def untouched(lo: int) -> None:
+                """Batch by batch, like the sketches: a city's shingles at once would take gigabytes."""
+                d, h = shingle_hashes(texts.slice(lo, self.chunk), self.k)
+                touched = np.zeros(min(self.chunk, len(texts) - lo), dtype=bool)
                 touched[d[member(h, self.changed)]] = True
-                same[rows[~touched]] = True
+                same[older[lo:lo + self.chunk][~touched]] = True
+
+            _in_batches(len(texts), self.chunk, untouched, self.parallel)
         return part, same
 
     def save(self, part: pl.DataFrame, reused: np.ndarray, keys: np.ndarray, live: np.ndarray) -> None:
@@ -246,6 +251,17 @@ class _KeptSketches:
 _BOILERPLATE = "boilerplate"
 
 
+def _in_batches(n: int, chunk: int, each: Callable[[int], None], parallel: bool) -> None:
+    """`each(lo)` for every batch start of `n` items, two batches at a time when `parallel`."""
+    starts = range(0, n, chunk)
+    if not parallel or len(starts) < 2:
+        for lo in starts:
+            each(lo)
+        return
+    with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
+        list(pool.map(each, starts))
+
+
 def _fingerprint(stop: np.ndarray) -> int:
     return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(stop, dtype=np.uint64).tobytes(),
                                           digest_size=8).digest(), "little")
@@ -258,8 +274,11 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
     live = np.zeros(n, dtype=bool)
-    sharded = bool(getattr(ctx.silver, "sharded", ()))
-    kept = _KeptSketches(ctx, params, stop)
+    # A city small enough to be held is one shard, whose batches would otherwise take turns on one core
+    # (NumPy lets go of the GIL for most of a batch's work). A sharded city's shards already run side by
+    # side, each its batches in turn.
+    parallel = not getattr(ctx.silver, "sharded", ())
+    kept = _KeptSketches(ctx, params, stop, parallel)
 
     def batch(docs: np.ndarray, texts: pl.Series, lo: int) -> None:
         """Written into `keys` at each report's doc number (sources never share one)."""
@@ -279,15 +298,7 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
             live[old["doc"].to_numpy()] = old["live"].to_numpy()
         new = part.filter(pl.Series(~reused))
         docs, texts = new["doc"].to_numpy(), _texts(new, params["max_chars"])
-        starts = range(0, len(texts), chunk)
-        if sharded or len(starts) < 2:  # shards already run side by side, each its batches in turn
-            for lo in starts:
-                batch(docs, texts, lo)
-        else:
-            # A city small enough to be held is one shard, whose batches would otherwise take turns on
-            # one core (NumPy lets go of the GIL for most of a batch's work).
-            with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
-                list(pool.map(lambda lo: batch(docs, texts, lo), starts))
+        _in_batches(len(texts), chunk, lambda lo: batch(docs, texts, lo), parallel)
         kept.save(part, reused, keys, live)
         return pl.DataFrame({"sketched": [len(docs)]})
 
