@@ -165,7 +165,7 @@ class _KeptSketches:
     and `live`, the hash of the summary and the boilerplate (its fingerprint, `stop`) they were made
     with; and that boilerplate itself. A report's kept sketch is reused when its summary is the same and
     so is the boilerplate, or the boilerplate changed by shingles its summary does not have (it is then
-    shingled to find out, which costs a fraction of a sketch). Anything else is sketched again."""
+    shingled to find out: most of a sketch's cost, without the MinHash). Anything else is sketched again."""
 
     def __init__(self, ctx: RuleContext, params: dict, stop: np.ndarray, parallel: bool):
         self.store = ctx.kept
