@@ -42,6 +42,7 @@ from transforms.merge import drop_unchanged, replace_children, upsert
 from transforms.normalize import MissingColumnsError, normalize_table
 from transforms.schema import QUARANTINE_SCHEMA, TABLES
 from warehouse.analysts import refresh_views
+from warehouse.files import write_parquet
 from warehouse.history import previous_partitions
 from warehouse.kept import KeptStore
 from warehouse.layout import Layout
@@ -94,15 +95,6 @@ def new_run_id(as_of: date) -> str:
     return f"{as_of.isoformat()}T{datetime.now(UTC).strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
-def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    """Write beside, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    # zstd's level 1: files within 1 % of the default level's size, written a fifth faster.
-    frame.write_parquet(tmp, compression="zstd", compression_level=1, statistics=True)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------
 # per source
 # --------------------------------------------------------------------------------------------------
@@ -122,7 +114,7 @@ def land_bronze(layout: Layout, pulled: Pulled, run_id: str) -> list[StageRecord
     records = []
     for table, frame in pulled.tables.items():
         t0 = time.perf_counter()
-        _write_parquet(frame, layout.bronze_file(pulled.source_id, table, run_id))
+        write_parquet(frame, layout.bronze_file(pulled.source_id, table, run_id))
         records.append(StageRecord(pulled.source_id, "bronze", table, rows_in=frame.height, rows_out=frame.height,
                                    seconds=time.perf_counter() - t0))
     return records
@@ -182,7 +174,7 @@ def normalize_source(
         # An upsert of no rows would rewrite silver (and a report's metrics) as they are.
         if result.clean.height or not layout.silver_file(table, source.id).exists():
             silver = upsert(_read_silver(layout, table, source.id), result.clean, table, keep=absent)
-            _write_parquet(silver, layout.silver_file(table, source.id))
+            write_parquet(silver, layout.silver_file(table, source.id))
             del silver
         if table == "stage_reports" and "metrics" not in absent:
             if result.clean.height or not layout.silver_file("metrics", source.id).exists():
@@ -190,7 +182,7 @@ def normalize_source(
                     _read_silver(layout, "metrics", source.id), result.metrics,
                     parent_ids=result.clean.select("source_id", "report_id"), key="report_id",
                 )
-                _write_parquet(metrics, layout.silver_file("metrics", source.id))
+                write_parquet(metrics, layout.silver_file("metrics", source.id))
             quarantined.append(result.metrics_quarantine)
         quarantined.append(result.quarantine)
         records.append(StageRecord(source.id, "normalize", table, rows_in=raw.height + _height(tail),
@@ -200,7 +192,7 @@ def normalize_source(
                                    message=None if tail is None else "cut off mid-file: last record quarantined"))
     quarantine = pl.concat(quarantined) if quarantined else pl.DataFrame(schema=QUARANTINE_SCHEMA)
     for table, part in quarantine.partition_by("table", as_dict=True).items():
-        _write_parquet(part, layout.quarantine_file(as_of, source.id, table[0]))
+        write_parquet(part, layout.quarantine_file(as_of, source.id, table[0]))
     return records, problems, quarantine
 
 

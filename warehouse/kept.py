@@ -13,10 +13,11 @@ same. A file that cannot be read is treated as absent (and said so in the log).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import polars as pl
+
+from warehouse.files import write_parquet
 
 log = logging.getLogger("qingfeng.kept")
 
@@ -39,10 +40,5 @@ class KeptStore:
             return None
 
     def write(self, rule_id: str, name: str, frame: pl.DataFrame) -> None:
-        """Replaces the file whole (written aside, then renamed): a night stopped midway leaves the old
-        file or the new one, never a torn one."""
-        path = self.file(rule_id, name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        frame.write_parquet(tmp, compression="zstd", compression_level=1)
-        os.replace(tmp, path)
+        """Replaces the file whole."""
+        write_parquet(frame, self.file(rule_id, name))
