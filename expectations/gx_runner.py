@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ class Validator:
         self.source = self.context.data_sources.add_pandas("qingfeng")
         self.docs_dir = docs_dir.resolve() if docs_dir is not None else None  # GX wants it absolute
         self._names: dict[str, int] = {}
+        # Rules may run side by side (`expectations.rules.rule_flags`): a GX context is not made to add
+        # suites, assets and checkpoints from two threads at once, so suites run one at a time.
+        self._lock = threading.Lock()
         if docs_dir is not None:
             self.context.add_data_docs_site(
                 site_name=self.SITE,
@@ -117,6 +121,11 @@ class Validator:
         into pandas, and the caller needs no copy of the frame to look them up."""
         if not checks:
             return []
+        with self._lock:
+            return self._run(suite_name, frame, id_columns, checks, keep)
+
+    def _run(self, suite_name: str, frame: pl.DataFrame | Iterable[pl.DataFrame], id_columns: list[str],
+             checks: list[Check], keep: list[str] | None) -> list[CheckResult]:
         suite_name = self._unique(suite_name)
         columns = list(dict.fromkeys([*id_columns, *_columns_read(checks)]))
         kept = [c for c in dict.fromkeys(keep or []) if c not in id_columns]

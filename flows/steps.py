@@ -394,6 +394,12 @@ class NightResult:
         return sorted(sid for sid, o in self.outcomes.items() if o.status != "ok")
 
 
+# Rules side by side (`expectations.rules.rule_flags`) when the city's silver is held whole
+# (`warehouse.silver.HOLD_ROWS`): the second rule's frames then fit beside the first's. A city read source
+# by source is one too large for that, and runs its rules one at a time, the highest point of one rule.
+RULES_IN_FLIGHT = int(os.environ.get("QINGFENG_RULES_IN_FLIGHT", "2"))
+
+
 def evaluate(
     layout: Layout, registry: Registry, outcomes: dict[str, SourceOutcome], as_of: date,
     contract_settings: ContractSettings | None = None, docs_dir: Path | None = None,
@@ -415,7 +421,9 @@ def evaluate(
         contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
         deadline_flags(silver, as_of),
-        rule_flags(RuleContext(silver, as_of, KeptStore(layout.kept)), validator, after_each=lambda: release_freed_memory(collect=False)),
+        rule_flags(RuleContext(silver, as_of, KeptStore(layout.kept)), validator,
+                   after_each=lambda: release_freed_memory(collect=False),
+                   in_flight=1 if silver.sharded else RULES_IN_FLIGHT),
     ]).unique(maintain_order=True)
     if docs_dir is not None:
         shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs

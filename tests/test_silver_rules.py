@@ -278,6 +278,48 @@ def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path,
     assert sharded.sort(order).equals(whole.sort(order))
 
 
+def test_rules_side_by_side_give_the_flags_of_rules_one_at_a_time():
+    """Two rules at a time (the night's default for a city held whole) flag the same rows with the same
+    figures, in the same rule order, and the long-running rules are started first."""
+    import threading
+
+    from expectations.rules import rule_flags, rule_modules
+    from expectations.rules.base import RuleContext
+
+    held = resolve_references(_evidence_rule_city())
+    started: list[str] = []
+    after = []
+    lock = threading.Lock()
+    modules = rule_modules()
+    originals = {m: m.features for m in modules}
+
+    def recording(module):
+        def features(ctx, params):
+            with lock:
+                started.append(module.RULE_ID)
+            return originals[module](ctx, params)
+        return features
+
+    try:
+        for m in modules:
+            m.features = recording(m)
+        side_by_side = rule_flags(RuleContext(held, AS_OF), Validator(), in_flight=2,
+                                  after_each=lambda: after.append(1))
+    finally:
+        for m in modules:
+            m.features = originals[m]
+    one_at_a_time = rule_flags(RuleContext(held, AS_OF), Validator())
+    assert len(after) == len(modules)
+    long_running = [m.RULE_ID for m in modules if getattr(m, "LONG_RUNNING", False)]
+    assert long_running and set(started[: len(long_running)]) == set(long_running)
+    assert {"T1", "T3", "T4", "T5", "F2", "F4", "F7"} <= set(one_at_a_time["rule_id"])
+    # rule by rule in catalog order, as one at a time
+    assert side_by_side["rule_id"].unique(maintain_order=True).equals(
+        one_at_a_time["rule_id"].unique(maintain_order=True))
+    order = ["rule_id", "source_id", "entity_id", "detail"]
+    assert side_by_side.sort(order).equals(one_at_a_time.sort(order))
+
+
 def test_a_rule_reads_the_columns_silver_does_not_hold_from_storage(tmp_path):
     """Report summaries are not held for the whole city: `by_source(fn, columns=...)` reads them for the
     shard when a rule asks (F6), joined by key onto the frame the night holds (whose references are

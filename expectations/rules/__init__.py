@@ -13,6 +13,7 @@ import pkgutil
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 import polars as pl
@@ -33,16 +34,29 @@ def rule_modules() -> list[ModuleType]:
 
 
 def rule_flags(ctx: RuleContext, validator: Validator, only: set[str] | None = None,
-               after_each: Callable[[], None] | None = None) -> pl.DataFrame:
-    """Every rule's flags for tonight (or those in `only`); `after_each()` runs after each rule."""
-    parts = [empty_flags()]
-    for module in rule_modules():
-        if only and module.RULE_ID not in only:
-            continue
+               after_each: Callable[[], None] | None = None, in_flight: int = 1) -> pl.DataFrame:
+    """Every rule's flags for tonight (or those in `only`), in rule order; `after_each()` runs after
+    each rule. `in_flight` rules run side by side, the long-running ones (`LONG_RUNNING`) first.
+
+    Why side by side: a rule is a few Polars queries and then a GX validation in pandas, which holds one
+    core; two rules at a time keep both cores busy (96 × 1,000: 37 s → 29 s for all rules, +0.4 GiB at
+    the highest point). Their figures do not depend on it: each rule reads silver and writes nothing
+    another reads, and GX runs one suite at a time (`Validator`)."""
+
+    def one(module: ModuleType) -> pl.DataFrame:
         started = time.perf_counter()
-        parts.append(run_rule(module, ctx, validator, rule_params(module.RULE_ID, module.PARAMS)))
+        flags = run_rule(module, ctx, validator, rule_params(module.RULE_ID, module.PARAMS))
         log.info("rule %s (%s): %d flags in %.1f s", module.RULE_ID, module.__name__.rsplit(".", 1)[-1],
-                 parts[-1].height, time.perf_counter() - started)
+                 flags.height, time.perf_counter() - started)
         if after_each is not None:
             after_each()
-    return pl.concat(parts)
+        return flags
+
+    modules = [m for m in rule_modules() if not only or m.RULE_ID in only]
+    if in_flight <= 1 or len(modules) < 2:
+        return pl.concat([empty_flags(), *(one(m) for m in modules)])
+    # The longest first: started last, a long rule would run on alone at the end, on one core.
+    started_first = sorted(modules, key=lambda m: not getattr(m, "LONG_RUNNING", False))
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="rule") as pool:
+        futures = {m.__name__: pool.submit(one, m) for m in started_first}
+        return pl.concat([empty_flags(), *(futures[m.__name__].result() for m in modules)])

@@ -11,6 +11,8 @@ A rule is one module under `expectations/rules/` (`t1_evidence_count.py`, …) e
   (built-in ones where they fit, a custom expectation class where the rule needs one);
 - `detail(params) -> pl.Expr`: a String (JSON) expression over the feature columns, evaluated on the
   unexpected rows only — the figures a person needs to judge the flag without opening the code.
+- optionally `LONG_RUNNING = True`: the rule takes several times as long as most (it reads every
+  summary or every evidence row's content hashes), so it is started first when rules run side by side.
 
 Thresholds are the module's `PARAMS` (value and reason side by side); one settings file may override
 them (`expectations/settings.py`).

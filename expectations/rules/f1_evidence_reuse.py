@@ -35,6 +35,7 @@ from transforms.phash import parse_phash
 RULE_ID = "F1"
 ENTITY_TYPE = "evidence"
 ID_COLUMN = "evidence_id"
+LONG_RUNNING = True
 
 PARAMS: dict[str, Param] = {
     "max_hamming": Param(4, "pHash of a re-encoded, resized or lightly edited copy moves a few of its 64 bits; "

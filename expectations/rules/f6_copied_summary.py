@@ -54,6 +54,7 @@ from warehouse.silver import SHARDS_IN_FLIGHT
 RULE_ID = "F6"
 ENTITY_TYPE = "report"
 ID_COLUMN = "report_id"
+LONG_RUNNING = True
 
 log = logging.getLogger("qingfeng.rules")
 
