@@ -30,7 +30,14 @@ from transforms.schema import TZ
 KEY_CHUNK = 900  # bound parameters per IN (...) list; well under every driver's limit
 FULL_PULL_SHARE = 0.3  # above this share of changed rows, one full scan beats keyed look-ups
 DELIVERY_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_ISO_DATE = "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]*"  # SQLite GLOB: text that starts YYYY-MM-DD
+# SQLite GLOB patterns of the date spellings the contract lists for `legacy` text times, each the start of
+# the value: `2019-04-25…` (and `platform`'s `2019-04-25T07:59:27+08:00`), `2019/4/25…`, `2019年4月25日…`;
+# and `20190425` or `20190425075927`, all of the value (a longer number need not be a time).
+_Y = "[0-9][0-9][0-9][0-9]"
+_ISO_DATE = f"{_Y}-[0-1][0-9]-[0-3][0-9]*"
+_SLASH_DATE = f"{_Y}/[0-9]*/[0-9]*"
+_NIAN_DATE = f"{_Y}年[0-9]*月[0-9]*日*"
+_COMPACT_DATES = (_Y + "[0-9]" * 4, _Y + "[0-9]" * 10)
 SLOT_WAIT_SECONDS = 300.0  # an attempt waits this long for a connection of its source to come free
 
 
@@ -220,11 +227,13 @@ def extract_sql(
                     continue
                 table = sa.Table(name, sa.MetaData(), autoload_with=conn)
                 wm = watermarks.get(canonical)
-                frame, full = _pull_table(conn, table, native, wm, overlap)
+                frame, full, newest = _pull_table(conn, table, native, wm, overlap)
                 pulled.tables[canonical] = frame
                 pulled.full[canonical] = full
-                newest = _newest_change(frame, native, now)
+                if newest is _NOT_PARSED:
+                    newest = _newest_change(frame, native)
                 if newest is not None:
+                    newest = min(newest, now)  # a row dated in the future must not hide tomorrow's changes
                     pulled.watermarks[canonical] = max(newest, wm) if wm else newest
     except SourceUnreachable:
         raise
@@ -246,35 +255,41 @@ def _first_line(e: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
+_NOT_PARSED = object()  # `_pull_table` did not read the change times: the caller parses them if needed
+
+
 def _pull_table(
     conn: sa.Connection, table: sa.Table, native: NativeTable, wm: datetime | None, overlap: timedelta
-) -> tuple[pl.DataFrame, bool]:
+) -> tuple[pl.DataFrame, bool, datetime | None | object]:
+    """The rows of `table` changed since `wm` minus `overlap` (all of them without a watermark), whether
+    that is the whole table, and the newest change time among them when it was parsed to filter them."""
     columns = [c.name for c in table.columns]
     everything = sa.select(*[_as_text(c) for c in table.columns])
     change = _column(table, native.change_column)
     if change is None or wm is None:
-        return _frame(conn, everything, columns), True
+        return _frame(conn, everything, columns), True, _NOT_PARSED
 
     lower = wm - overlap
     if _is_typed_timestamp(change):
         # Typed column (PostgreSQL TIMESTAMPTZ): the database filters. NULLs are pulled every night:
         # they cannot be placed before or after the watermark, and must not vanish.
         q = everything.where(sa.or_(change >= sa.bindparam("lower", lower), change.is_(None)))
-        return _frame(conn, q, columns), False
+        return _frame(conn, q, columns), False, _NOT_PARSED
 
     # Text column (SQLite, legacy): formats are mixed, so the database cannot compare them exactly.
     lower = lower.astimezone(ZoneInfo(TZ))  # compare in the zone the parser yields
-    keep = parse_timestamp(pl.col(change.name))
     if conn.engine.dialect.name == "sqlite":
         # SQLite can still rule out what is certainly older: a value that starts with a real date two days
-        # before the lower bound is before it whatever its time and offset. Everything else (later dates,
-        # other formats, junk, NULL) comes here to be parsed. Else the key and change time of every row
-        # would be fetched and parsed each night to find the few that changed.
-        head = sa.func.substr(change, 1, 10)
-        older = sa.and_(change.op("GLOB")(_ISO_DATE), head < (lower - timedelta(days=2)).date().isoformat(),
-                        sa.func.date(head).is_not(None))
+        # before the lower bound (in a spelling the contract lists: `_sqlite_leading_date`) is before it
+        # whatever its time and offset. Everything else (later dates, other spellings, junk, NULL) comes
+        # here to be parsed. Else the key and change time of every row would be fetched and parsed each
+        # night to find the few that changed.
+        # (the date once a row: SQLite evaluates an expression each time it is named. A value without a
+        # date, or with an impossible one, compares as 9999: pulled)
+        day = sa.func.coalesce(sa.func.date(_sqlite_leading_date(change)), "9999")
+        older = day < (lower - timedelta(days=2)).date().isoformat()
         frame = _frame(conn, everything.where(sa.or_(change.is_(None), sa.not_(older))), columns)
-        return frame.filter(keep.is_null() | (keep >= lower)), False
+        return _changed_since(frame, change.name, lower)
 
     # Other databases (MySQL): scan the key and the change column only, parse them here, then fetch the
     # changed rows by key.
@@ -283,8 +298,7 @@ def _pull_table(
     ts = narrow.select(parse_timestamp(pl.col(change.name)).alias("ts"), pl.col(key.name).alias("k"))
     changed = ts.filter(pl.col("ts").is_null() | (pl.col("ts") >= lower))
     if changed.height > FULL_PULL_SHARE * max(narrow.height, 1) or changed["k"].null_count():
-        frame = _frame(conn, everything, columns)
-        return frame.filter(keep.is_null() | (keep >= lower)), False
+        return _changed_since(_frame(conn, everything, columns), change.name, lower)
     keys = changed["k"].unique().sort().to_list()
     parts = [
         _frame(conn, everything.where(key.in_(keys[i : i + KEY_CHUNK])), columns)
@@ -292,7 +306,42 @@ def _pull_table(
     ]
     frame = pl.concat(parts) if parts else pl.DataFrame(schema={c: pl.String for c in columns})
     # A key fetched for one changed version also brings its older duplicates: keep only the changed.
-    return frame.filter(keep.is_null() | (keep >= lower)), False
+    return _changed_since(frame, change.name, lower)
+
+
+def _changed_since(frame: pl.DataFrame, column: str, lower: datetime) -> tuple[pl.DataFrame, bool, datetime | None]:
+    """`_pull_table` of an incremental pull: the rows changed at or after `lower`, or whose change time
+    cannot be read (they cannot be placed, and must not vanish), and the newest change time; the column
+    parsed once for both."""
+    ts = frame.select(parse_timestamp(pl.col(column))).to_series()
+    return frame.filter(ts.is_null() | (ts >= lower)), False, ts.max()
+
+
+def _sqlite_leading_date(change: sa.Column) -> sa.ColumnElement:
+    """SQLite: the date a text time starts with, as `YYYY-MM-DD` (month and day padded, so that dates
+    compare as text), when the value has one of the contract's date spellings; NULL for anything else.
+    Picked by the fifth character, so that a row costs one pattern; `CAST(text AS INTEGER)` reads the
+    leading digits, so `4/25 7:59` gives the month and `25 7:59` the day."""
+
+    def y_m_d(separator: str) -> sa.ColumnElement:
+        after_year = sa.func.substr(change, 6)
+        return sa.func.printf(
+            "%04d-%02d-%02d", sa.cast(sa.func.substr(change, 1, 4), sa.Integer), sa.cast(after_year, sa.Integer),
+            sa.cast(sa.func.substr(change, 6 + sa.func.instr(after_year, separator)), sa.Integer))
+
+    def when(pattern: sa.ColumnElement, day: sa.ColumnElement) -> sa.ColumnElement:
+        return sa.case((pattern, day))
+
+    return sa.case(
+        {
+            "-": when(change.op("GLOB")(_ISO_DATE), sa.func.substr(change, 1, 10)),
+            "/": when(change.op("GLOB")(_SLASH_DATE), y_m_d("/")),
+            "年": when(change.op("GLOB")(_NIAN_DATE), y_m_d("月")),
+        },
+        value=sa.func.substr(change, 5, 1),
+        else_=when(sa.or_(*(change.op("GLOB")(p) for p in _COMPACT_DATES)), sa.func.printf(
+            "%s-%s-%s", sa.func.substr(change, 1, 4), sa.func.substr(change, 5, 2), sa.func.substr(change, 7, 2))),
+    )
 
 
 def _native_key(native: NativeTable) -> str:
@@ -310,18 +359,14 @@ def _column(table: sa.Table, name: str | None) -> sa.Column | None:
     return None
 
 
-def _newest_change(frame: pl.DataFrame, native: NativeTable, now: datetime) -> datetime | None:
-    """The watermark a pull proposes: its newest parsable change, never later than now (a row dated in
-    the future must not hide tomorrow's changes)."""
+def _newest_change(frame: pl.DataFrame, native: NativeTable) -> datetime | None:
+    """The watermark a pull proposes: its newest parsable change."""
     if native.change_column is None or frame.is_empty():
         return None
     col = next((c for c in frame.columns if c.lower() == native.change_column.lower()), None)
     if col is None:
         return None
-    newest = frame.select(parse_timestamp(pl.col(col)).max()).item()
-    if newest is None:
-        return None
-    return min(newest, now)
+    return frame.select(parse_timestamp(pl.col(col)).max()).item()
 
 
 # --------------------------------------------------------------------------------------------------

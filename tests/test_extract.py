@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import pytest
@@ -13,11 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from flows import extract
 from flows.extract import SourceUnreachable, extract_filedrop, extract_sql, list_deliveries, read_delivery_csv
 from flows.registry import RegistryError, Source, load_registry
 from flows.state import StateStore
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+SH = ZoneInfo("Asia/Shanghai")
 
 
 def _legacy_db(path: Path, rows: list[tuple[str, str, str]]) -> None:
@@ -87,6 +90,15 @@ def test_sqlite_leaves_out_only_rows_certainly_older_than_the_watermark(tmp_path
         "2026-11-29 09:00:00": True,
         "2019-04-25": False,
         "2019/04/25": False,
+        "2019/4/25 7:59": False,
+        "2019年4月25日": False,
+        "2019年4月25日 7时59分": False,
+        "20190425": False,
+        "20190425075927": False,
+        "2026/11/24 23:59": False,  # kept out by SQLite already
+        "2026/11/26 23:59": False,  # kept out by the parser
+        "2019/4/25x": False,  # starts with an older date: left out whatever follows, like an ISO one
+        "201904250759": True,  # a number that is no spelling of the contract: for the parser
         "2026/11/28 8:00": True,
         "2026年11月28日": True,
         "20261128": True,
@@ -109,6 +121,51 @@ def test_sqlite_leaves_out_only_rows_certainly_older_than_the_watermark(tmp_path
     assert extract_sql(src, watermarks={}, overlap=timedelta(days=1), now=NOW).tables["persons"].height == 2
     late = extract_sql(src, watermarks={"persons": wm}, overlap=timedelta(days=1), now=NOW).tables["persons"]
     assert late.is_empty()
+
+
+_SPELLINGS = (
+    lambda t: t.strftime("%Y-%m-%d"), lambda t: t.strftime("%Y-%m-%d %H:%M:%S"),
+    lambda t: t.strftime("%Y-%m-%dT%H:%M:%S+08:00"), lambda t: f"{t.year}/{t.month}/{t.day}",
+    lambda t: f"{t.year}/{t.month}/{t.day} {t.hour}:{t.minute:02d}", lambda t: t.strftime("%Y/%m/%d %H:%M"),
+    lambda t: f"{t.year}年{t.month}月{t.day}日", lambda t: f"{t.year}年{t.month}月{t.day}日 {t.hour}时{t.minute}分",
+    lambda t: t.strftime("%Y%m%d"), lambda t: t.strftime("%Y%m%d%H%M%S"),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.datetimes(datetime(2000, 1, 1), datetime(2030, 12, 31)),
+                          st.integers(0, len(_SPELLINGS) - 1), st.sampled_from(["", "x", " 12", "日"])),
+                min_size=1, max_size=30))
+def test_sqlite_leaves_out_a_row_only_when_the_parser_finds_it_older(tmp_path_factory, rows):
+    """A row SQLite leaves out starts with a date (in a spelling of the contract) two days before the
+    lower bound, whatever follows it; the parser reads it as older when nothing odd follows. And every
+    contract spelling of such a date is left out by SQLite: the point of the shortcut."""
+    from transforms.parse import timestamp as parse_timestamp
+
+    wm = datetime(2026, 11, 28, 0, tzinfo=UTC)
+    lower = wm - timedelta(days=1)
+    values = [_SPELLINGS[i](t) + tail for t, i, tail in rows]
+    db = tmp_path_factory.mktemp("legacy") / "legacy.sqlite"
+    _legacy_db(db, [(f"P{i}", "某", v) for i, v in enumerate(values)])
+    src = Source("old", "老系统", "department", "legacy", f"sqlite:///{db}", None)
+    fetched = []
+    read = extract._frame
+    extract._frame = lambda *a: fetched.append(read(*a)) or fetched[-1]  # what SQLite handed over
+    try:
+        pulled = extract_sql(src, watermarks={"persons": wm}, overlap=timedelta(days=1), now=NOW)
+    finally:
+        extract._frame = read
+    parsed = pl.DataFrame({"v": values}).select(parse_timestamp(pl.col("v")))["v"].to_list()
+    left_out = set(range(len(values))) - {int(k[1:]) for k in pl.concat(fetched)["rybh"].to_list()}
+    assert set(pulled.tables["persons"]["rybh"].to_list()) == {  # and then the parser decides
+        f"P{i}" for i, v in enumerate(parsed) if i not in left_out and (v is None or v >= lower)}
+    bound = (lower.astimezone(SH) - timedelta(days=2)).date()
+    for i, (t, _, tail) in enumerate(rows):
+        if i in left_out:
+            assert t.date() < bound, values[i]
+            assert tail or parsed[i] < lower, values[i]
+        elif not tail:
+            assert t.date() >= bound, values[i]
 
 
 def test_missing_sqlite_file_is_unreachable_and_not_created(tmp_path):
