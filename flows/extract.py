@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import functools
 import io
 import re
 import threading
@@ -21,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 import sqlalchemy as sa
+from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from flows.registry import Source, redact
 from transforms.dialects import NativeTable, native_tables
@@ -163,9 +165,8 @@ def _fetch_json_rows(conn: sa.Connection, query: sa.Select) -> pl.Series | None:
 
 
 def _from_json_rows(rows: pl.Series, columns: list[str]) -> pl.DataFrame:
-    values = rows.str.json_decode(pl.List(pl.String))
-    return pl.DataFrame([values.list.get(i).alias(c) for i, c in enumerate(columns)],
-                        schema={c: pl.String for c in columns})
+    # One struct taken apart: a query a column costs 4x as much on a table of a few hundred rows.
+    return rows.str.json_decode(pl.List(pl.String)).list.to_struct(fields=columns).struct.unnest()
 
 
 def _fetch_frame(conn: sa.Connection, query: sa.Executable, columns: list[str]) -> pl.DataFrame:
@@ -284,11 +285,9 @@ def _pull_table(
         # whatever its time and offset. Everything else (later dates, other spellings, junk, NULL) comes
         # here to be parsed. Else the key and change time of every row would be fetched and parsed each
         # night to find the few that changed.
-        # (the date once a row: SQLite evaluates an expression each time it is named. A value without a
-        # date, or with an impossible one, compares as 9999: pulled)
-        day = sa.func.coalesce(sa.func.date(_sqlite_leading_date(change)), "9999")
-        older = day < (lower - timedelta(days=2)).date().isoformat()
-        frame = _frame(conn, everything.where(sa.or_(change.is_(None), sa.not_(older))), columns)
+        bound = (lower - timedelta(days=2)).date().isoformat()
+        changed = sa.literal_column(_sqlite_not_older(change.name, bound), sa.Boolean)
+        frame = _frame(conn, everything.where(changed), columns)
         return _changed_since(frame, change.name, lower)
 
     # Other databases (MySQL): scan the key and the change column only, parse them here, then fetch the
@@ -317,7 +316,19 @@ def _changed_since(frame: pl.DataFrame, column: str, lower: datetime) -> tuple[p
     return frame.filter(ts.is_null() | (ts >= lower)), False, ts.max()
 
 
-def _sqlite_leading_date(change: sa.Column) -> sa.ColumnElement:
+@functools.lru_cache(maxsize=256)
+def _sqlite_not_older(column: str, bound: str) -> str:
+    """SQLite's WHERE for the rows of a pull: NULL, or not certainly before the date `bound`. Made once
+    per column name and night: as a SQLAlchemy expression it took a few ms to build and compile per table.
+    The date is computed once a row (SQLite evaluates an expression each time it is named); a value
+    without a date, or with an impossible one, compares as 9999: pulled."""
+    change = sa.column(column, sa.Text)
+    day = sa.func.coalesce(sa.func.date(_sqlite_leading_date(change)), "9999")
+    where = sa.or_(change.is_(None), sa.not_(day < bound))
+    return str(where.compile(dialect=sqlite_dialect(), compile_kwargs={"literal_binds": True}))
+
+
+def _sqlite_leading_date(change: sa.ColumnElement) -> sa.ColumnElement:
     """SQLite: the date a text time starts with, as `YYYY-MM-DD` (month and day padded, so that dates
     compare as text), when the value has one of the contract's date spellings; NULL for anything else.
     Picked by the fifth character, so that a row costs one pattern; `CAST(text AS INTEGER)` reads the
