@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from expectations.gx_runner import Validator
 from expectations.rules import f1_evidence_reuse as f1
@@ -82,6 +84,22 @@ def test_near_pairs_finds_every_pair_within_distance():
     i, j, d = near_pairs(values, 4)
     got = {(int(a), int(b)): int(c) for a, b, c in zip(i, j, d, strict=True)}
     assert got == {(k, 400 + k): k + 1 for k in range(4)}  # the 5-bit copy is out of reach
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 7), max_size=60), st.integers(1, 4), st.sampled_from([3, 8, 64]))
+def test_equal_key_pairs_and_packed_sort_are_those_of_a_stable_sort(small, max_offset, width):
+    """The quicksort shortcuts give exactly what a stable sort gives: the same pairs, in the same order
+    (which decides the pairs drawn from a bucket larger than the bound), and the same permutation."""
+    from transforms.features_fabrication import _equal_key_pairs, _pairs_in_runs, _stable_argsort
+
+    key = np.array(small, dtype=np.uint64) * np.uint64((1 << width) - 1 if width < 64 else 2**63 + 1)
+    order = np.argsort(key, kind="stable")
+    p, q = _pairs_in_runs(key[order], max_offset)
+    a, b = _equal_key_pairs(key, max_offset)
+    assert np.array_equal(a, order[p]) and np.array_equal(b, order[q])
+    if width < 64:
+        assert np.array_equal(_stable_argsort(key, width + 3), order)
 
 
 def test_f1_reuse_across_projects_and_traps(validator):
