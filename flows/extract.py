@@ -130,43 +130,73 @@ def _bound_connections(engine: sa.Engine, source_id: str, limit: int) -> None:
     sa.event.listen(engine, "close", give_back)
 
 
-# One SQLite fetch at a time in this process. sqlite3 lets go of the GIL for every row it steps to and must
-# take it back for the next: with several sources fetching at once each row waits for the others' turns,
-# and four threads fetched in twice the time one took. The database is a local file, so the fetch is
-# CPU-bound Python either way; sources on a server (PostgreSQL) wait on the network, and fetch side by side.
+# The plain fetch of SQLite (`_fetch_frame`), one at a time in this process: sqlite3 lets go of the GIL for
+# every row it steps to and must take it back for the next, so with several sources fetching at once each
+# row waits for the others' turns (four threads fetched in twice the time one took).
 _SQLITE_FETCH = threading.Lock()
+# Rows a SQLite batch brings as one string (`_fetch_json_batches`): a few tens of MB.
+JSON_BATCH_ROWS = 100_000
+_ROWID_NAMES = {"rowid", "_rowid_", "oid"}
 
 
 def _frame(conn: sa.Connection, query: sa.Select, columns: list[str]) -> pl.DataFrame:
     """The query's rows (every column cast to text) as a frame of String columns."""
     if conn.engine.dialect.name == "sqlite":
-        with _SQLITE_FETCH:
-            rows = _fetch_json_rows(conn, query)
-        if rows is not None:
-            return _from_json_rows(rows, columns)
+        frame = _fetch_json_batches(conn, query, columns)
+        if frame is not None:
+            return frame
         with _SQLITE_FETCH:
             return _fetch_frame(conn, query, columns)
     return _fetch_frame(conn, query, columns)
 
 
-def _fetch_json_rows(conn: sa.Connection, query: sa.Select) -> pl.Series | None:
-    """SQLite: each row as one JSON array of its (text) values, made by SQLite. sqlite3 then makes one
-    Python string a row instead of one a value, and the values are taken apart by Polars, outside the
-    lock and the GIL: the fetch, which the night's first per-source stage waits on, costs a third less.
-    None when SQLite cannot: a value that is not UTF-8 (the plain fetch decodes it), or a SQLite built
-    without its JSON functions."""
-    as_json = query.with_only_columns(sa.func.json_array(*[
-        c.element if isinstance(c, sa.Label) else c for c in query.selected_columns]))
+def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str]) -> pl.DataFrame | None:
+    """SQLite: the rows in rowid order, `JSON_BATCH_ROWS` at a time as ONE string, a JSON array of rows
+    that SQLite puts together (each row a JSON array of its text values); Polars takes it apart. No
+    Python object is made per row or value, and sqlite3 lets go of the GIL while SQLite works, so sources
+    fetch side by side: the per-row fetch held the GIL for most of its time, the night's first
+    per-source stage waited on it, and it had to run one source at a time.
+
+    None when SQLite cannot: a value that is not UTF-8 (the plain fetch decodes it), a table without
+    rowids (a view, WITHOUT ROWID), a column named like the rowid, or a SQLite without JSON functions."""
+    order = "_qingfeng_rowid"  # the rowid's field in each row
+    froms = query.get_final_froms()
+    if (_ROWID_NAMES | {order}) & {c.lower() for c in columns} or len(froms) != 1 or not isinstance(
+            froms[0], sa.Table) or not _has_rowids(conn, froms[0].name):
+        return None
+    rowid = sa.literal_column("rowid")
+    values = [c.element if isinstance(c, sa.Label) else c for c in query.selected_columns]
+    rows = (
+        query.with_only_columns(sa.func.json_array(sa.cast(rowid, sa.Text), *values).label("r"), rowid.label("id"))
+        .where(rowid >= sa.bindparam("start")).order_by(rowid).limit(JSON_BATCH_ROWS).subquery()
+    )
+    # (group_concat: a subquery's JSON reaches an aggregate as text, which json_group_array would quote)
+    batch = sa.select(sa.func.printf("[%s]", sa.func.group_concat(rows.c.r, ",")), sa.func.max(rows.c.id),
+                      sa.func.count())
+    parts, start = [], -(2**63)
     try:
-        rows = conn.execute(as_json).fetchall()
+        while True:
+            text, last, n = conn.execute(batch, {"start": start}).one()
+            if n:
+                parts.append(pl.Series([text], dtype=pl.String).str.json_decode(pl.List(pl.List(pl.String)))
+                             .explode().list.to_struct(fields=[order, *columns]).struct.unnest())
+            if n < JSON_BATCH_ROWS or last >= 2**63 - 1:
+                break
+            start = last + 1
     except sa.exc.OperationalError:
         return None
-    return pl.Series("row", [r[0] for r in rows], dtype=pl.String)
+    if not parts:
+        return pl.DataFrame(schema={c: pl.String for c in columns})
+    # In rowid order, as the plain fetch of a table scan gives them (an aggregate's input order is not
+    # guaranteed).
+    return pl.concat(parts).sort(pl.col(order).cast(pl.Int64)).drop(order)
 
 
-def _from_json_rows(rows: pl.Series, columns: list[str]) -> pl.DataFrame:
-    # One struct taken apart: a query a column costs 4x as much on a table of a few hundred rows.
-    return rows.str.json_decode(pl.List(pl.String)).list.to_struct(fields=columns).struct.unnest()
+def _has_rowids(conn: sa.Connection, table: str) -> bool:
+    """A SQLite table with rowids: not a view (whose rowid is NULL), not WITHOUT ROWID."""
+    sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"),
+                       {"name": table}).scalar()
+    return sql is not None and not re.search(r"\bWITHOUT\s+ROWID\b", sql, re.IGNORECASE)
 
 
 def _fetch_frame(conn: sa.Connection, query: sa.Executable, columns: list[str]) -> pl.DataFrame:

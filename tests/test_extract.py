@@ -57,23 +57,54 @@ _SQLITE_VALUE = st.one_of(st.none(), st.text(), st.integers(-(2**63), 2**63 - 1)
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(_SQLITE_VALUE, _SQLITE_VALUE), max_size=40))
-def test_sqlite_rows_fetched_as_json_are_the_values_fetched_one_by_one(rows):
-    """SQLite sources are fetched a row as one JSON array made by SQLite: every value comes out as the
-    plain fetch gives it (quotes, control characters, NUL, emoji, numbers cast to text, NULL), and a value
-    that is not UTF-8 sends the table to the plain fetch, which decodes it."""
-    from flows.extract import _as_text, _fetch_frame, _fetch_json_rows, _frame
+@given(st.lists(st.tuples(_SQLITE_VALUE, _SQLITE_VALUE), max_size=40), st.integers(1, 7),
+       st.sampled_from(["", "WHERE a IS NOT NULL"]))
+def test_sqlite_rows_fetched_as_json_are_the_values_fetched_one_by_one(rows, batch_rows, where):
+    """SQLite sources are fetched in batches of rows that SQLite puts into one JSON string: every value
+    comes out as the plain fetch gives it (quotes, control characters, NUL, emoji, numbers cast to text,
+    NULL), in the same order, whatever the batches; a value that is not UTF-8 sends the table to the
+    plain fetch, which decodes it."""
+    from flows import extract
+    from flows.extract import _as_text, _fetch_frame, _fetch_json_batches, _frame
+
+    engine = sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool)
+    default = extract.JSON_BATCH_ROWS
+    extract.JSON_BATCH_ROWS = batch_rows
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (a, b)")
+            if rows:  # rowids not in insertion order, negative ones too
+                conn.exec_driver_sql("INSERT INTO t (rowid, a, b) VALUES (?, ?, ?)",
+                                     [((-1) ** i * (1000 - i), *row) for i, row in enumerate(rows)])
+            table = sa.Table("t", sa.MetaData(), autoload_with=conn)
+            query = sa.select(*[_as_text(c) for c in table.columns])
+            if where:
+                query = query.where(table.c.a.is_not(None))
+            assert_frame_equal(_frame(conn, query, ["a", "b"]), _fetch_frame(conn, query, ["a", "b"]))
+            if not any(isinstance(v, bytes) for row in rows for v in row):  # all UTF-8: no plain fetch needed
+                assert _fetch_json_batches(conn, query, ["a", "b"]) is not None
+    finally:
+        extract.JSON_BATCH_ROWS = default
+    engine.dispose()
+
+
+def test_sqlite_tables_without_rowids_are_fetched_plainly():
+    """A view, a WITHOUT ROWID table or a column named like the rowid: no batches, the plain fetch."""
+    from flows.extract import _as_text, _fetch_json_batches, _frame
 
     engine = sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool)
     with engine.connect() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (a, b)")
-        if rows:
-            conn.exec_driver_sql("INSERT INTO t VALUES (?, ?)", rows)
-        table = sa.Table("t", sa.MetaData(), autoload_with=conn)
-        query = sa.select(*[_as_text(c) for c in table.columns])
-        assert_frame_equal(_frame(conn, query, ["a", "b"]), _fetch_frame(conn, query, ["a", "b"]))
-        if not any(isinstance(v, bytes) for row in rows for v in row):  # all UTF-8: no plain fetch needed
-            assert _fetch_json_rows(conn, query) is not None
+        conn.exec_driver_sql("CREATE TABLE w (k TEXT PRIMARY KEY, v) WITHOUT ROWID")
+        conn.exec_driver_sql("CREATE TABLE r (oid TEXT, v)")
+        conn.exec_driver_sql("CREATE VIEW vw AS SELECT k, v FROM w")
+        for name in ("w", "r", "vw"):
+            conn.exec_driver_sql(f"INSERT INTO {'w' if name == 'vw' else name} VALUES ('x{name}', 1)")
+        for name in ("w", "r", "vw"):
+            table = sa.Table(name, sa.MetaData(), autoload_with=conn)
+            query = sa.select(*[_as_text(c) for c in table.columns])
+            columns = [c.name for c in table.columns]
+            assert _fetch_json_batches(conn, query, columns) is None
+            assert _frame(conn, query, columns).height == (1 if name == "r" else 2)
     engine.dispose()
 
 
