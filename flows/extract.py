@@ -160,7 +160,7 @@ def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str
     None when SQLite cannot: a value that is not UTF-8 (the plain fetch decodes it), a table without
     rowids (a view, WITHOUT ROWID), a column named like the rowid, or a SQLite without JSON functions."""
     order = "_qingfeng_rowid"  # the rowid's field in each row
-    froms = query.get_final_froms()
+    froms = query.columns_clause_froms  # (`get_final_froms` compiles the query to find them)
     if (_ROWID_NAMES | {order}) & {c.lower() for c in columns} or len(froms) != 1 or not isinstance(
             froms[0], sa.Table) or not _has_rowids(conn, froms[0].name):
         return None
@@ -174,17 +174,24 @@ def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str
     batch = sa.select(sa.func.printf("[%s]", sa.func.group_concat(rows.c.r, ",")), sa.func.max(rows.c.id),
                       sa.func.count())
     parts, start = [], -(2**63)
+    dbapi_connection = conn.connection.dbapi_connection
+    # As bytes: a Python string of Chinese text is decoded from UTF-8 and encoded back for Polars, both
+    # under the GIL; Polars checks the bytes are UTF-8 itself (and the plain fetch decodes them if not).
+    dbapi_connection.text_factory = bytes
     try:
         while True:
             text, last, n = conn.execute(batch, {"start": start}).one()
             if n:
-                parts.append(pl.Series([text], dtype=pl.String).str.json_decode(pl.List(pl.List(pl.String)))
+                parts.append(pl.Series([text], dtype=pl.Binary).cast(pl.String)
+                             .str.json_decode(pl.List(pl.List(pl.String)))
                              .explode().list.to_struct(fields=[order, *columns]).struct.unnest())
             if n < JSON_BATCH_ROWS or last >= 2**63 - 1:
                 break
             start = last + 1
-    except sa.exc.OperationalError:
+    except (sa.exc.OperationalError, pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
         return None
+    finally:
+        dbapi_connection.text_factory = str
     if not parts:
         return pl.DataFrame(schema={c: pl.String for c in columns})
     # In rowid order, as the plain fetch of a table scan gives them (an aggregate's input order is not
