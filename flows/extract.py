@@ -272,8 +272,6 @@ def extract_sql(
                 frame, full, newest = _pull_table(conn, table, native, wm, overlap)
                 pulled.tables[canonical] = frame
                 pulled.full[canonical] = full
-                if newest is _NOT_PARSED:
-                    newest = _newest_change(frame, native)
                 if newest is not None:
                     newest = min(newest, now)  # a row dated in the future must not hide tomorrow's changes
                     pulled.watermarks[canonical] = max(newest, wm) if wm else newest
@@ -297,26 +295,25 @@ def _first_line(e: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
-_NOT_PARSED = object()  # `_pull_table` did not read the change times: the caller parses them if needed
-
-
 def _pull_table(
     conn: sa.Connection, table: sa.Table, native: NativeTable, wm: datetime | None, overlap: timedelta
-) -> tuple[pl.DataFrame, bool, datetime | None | object]:
+) -> tuple[pl.DataFrame, bool, datetime | None]:
     """The rows of `table` changed since `wm` minus `overlap` (all of them without a watermark), whether
-    that is the whole table, and the newest change time among them when it was parsed to filter them."""
+    that is the whole table, and the newest change time among them."""
     columns = [c.name for c in table.columns]
     everything = sa.select(*[_as_text(c) for c in table.columns])
     change = _column(table, native.change_column)
     if change is None or wm is None:
-        return _frame(conn, everything, columns), True, _NOT_PARSED
+        frame = _frame(conn, everything, columns)
+        return frame, True, _newest_change(frame, native)
 
     lower = wm - overlap
     if _is_typed_timestamp(change):
         # Typed column (PostgreSQL TIMESTAMPTZ): the database filters. NULLs are pulled every night:
         # they cannot be placed before or after the watermark, and must not vanish.
         q = everything.where(sa.or_(change >= sa.bindparam("lower", lower), change.is_(None)))
-        return _frame(conn, q, columns), False, _NOT_PARSED
+        frame = _frame(conn, q, columns)
+        return frame, False, _newest_change(frame, native)
 
     # Text column (SQLite, legacy): formats are mixed, so the database cannot compare them exactly.
     lower = lower.astimezone(ZoneInfo(TZ))  # compare in the zone the parser yields
