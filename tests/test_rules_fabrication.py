@@ -89,17 +89,17 @@ def test_near_pairs_finds_every_pair_within_distance():
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 7), max_size=60), st.integers(1, 4), st.sampled_from([3, 8, 64]))
 def test_equal_key_pairs_and_packed_sort_are_those_of_a_stable_sort(small, max_offset, width):
-    """The quicksort shortcuts give exactly what a stable sort gives: the same pairs, in the same order
-    (which decides the pairs drawn from a bucket larger than the bound), and the same permutation."""
-    from transforms.features_fabrication import _equal_key_pairs, _pairs_in_runs, _stable_argsort
+    """The quicksort shortcuts (keys alone, or packed with their index when they fit) give exactly the
+    pairs a stable sort gives, in the same order (which decides the pairs drawn from a bucket larger than
+    the bound)."""
+    from transforms.features_fabrication import _equal_key_pairs, _pairs_in_runs
 
     key = np.array(small, dtype=np.uint64) * np.uint64((1 << width) - 1 if width < 64 else 2**63 + 1)
     order = np.argsort(key, kind="stable")
     p, q = _pairs_in_runs(key[order], max_offset)
-    a, b = _equal_key_pairs(key, max_offset)
-    assert np.array_equal(a, order[p]) and np.array_equal(b, order[q])
-    if width < 64:
-        assert np.array_equal(_stable_argsort(key, width + 3), order)
+    for key_bits in {64, width + 3}:  # `width + 3` bits hold the keys: packed with the index
+        a, b = _equal_key_pairs(key, max_offset, key_bits)
+        assert np.array_equal(a, order[p]) and np.array_equal(b, order[q])
 
 
 def test_f1_reuse_across_projects_and_traps(validator):

@@ -99,13 +99,22 @@ def _pairs_in_runs(keys_sorted: np.ndarray, max_offset: int) -> tuple[np.ndarray
     return np.concatenate(ps), np.concatenate(qs)
 
 
-def _equal_key_pairs(key: np.ndarray, max_offset: int) -> tuple[np.ndarray, np.ndarray]:
+def _equal_key_pairs(key: np.ndarray, max_offset: int, key_bits: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Indices (a, b) into `key` of every pair of equal keys, a before b: each item paired with at most
     `max_offset` of the next items of its key in index order. What a stable sort and `_pairs_in_runs`
-    give, at the cost of NumPy's quicksort (a stable sort of 64-bit keys is a radix sort, 4x slower): the
-    items whose key repeats, usually a few per cent, are put back in index order after it."""
-    if len(key) < 2:
+    give, at the cost of NumPy's quicksort (a stable sort of 64-bit keys is a radix sort, 2-4x slower).
+    Keys of `key_bits` bits that fit in a 64-bit word with their index are sorted packed with it; wider
+    keys are quicksorted alone, and the items whose key repeats (usually a few per cent) are put back in
+    index order after it."""
+    n = len(key)
+    if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
+    index_bits = int(n - 1).bit_length()
+    if key_bits + index_bits <= 64:
+        packed = (key.astype(np.uint64) << _U64(index_bits)) | np.arange(n, dtype=np.uint64)
+        order = (np.sort(packed) & _U64((1 << index_bits) - 1)).astype(np.int64)
+        p, q = _pairs_in_runs(key[order], max_offset)
+        return order[p], order[q]
     order = np.argsort(key)
     sorted_keys = key[order]
     same = sorted_keys[1:] == sorted_keys[:-1]
@@ -115,17 +124,6 @@ def _equal_key_pairs(key: np.ndarray, max_offset: int) -> tuple[np.ndarray, np.n
     p, q = _pairs_in_runs(keys[in_index_order], max_offset)
     items = items[in_index_order]
     return items[p], items[q]
-
-
-def _stable_argsort(key: np.ndarray, key_bits: int) -> np.ndarray:
-    """`np.argsort(key, kind="stable")` for keys of `key_bits` bits: when the key and the index fit in 64
-    bits together, one quicksort of (key, index) packed, twice as fast as the stable (radix) sort."""
-    n = len(key)
-    index_bits = max(1, int(n - 1).bit_length())
-    if key_bits + index_bits > 64:
-        return np.argsort(key, kind="stable")
-    packed = (key.astype(np.uint64) << _U64(index_bits)) | np.arange(n, dtype=np.uint64)
-    return (np.sort(packed) & _U64((1 << index_bits) - 1)).astype(np.int64)
 
 
 def near_pairs(values: np.ndarray, max_dist: int, max_bucket: int = 2000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,11 +144,9 @@ def near_pairs(values: np.ndarray, max_dist: int, max_bucket: int = 2000) -> tup
     found: list[np.ndarray] = []
     for a, b in combinations(range(len(bands)), 2):
         key = (fields[a] << _U64(bands[b][1])) | fields[b]
-        order = _stable_argsort(key, bands[a][1] + bands[b][1])
-        p, q = _pairs_in_runs(key[order], max_bucket)
-        if len(p) == 0:
+        i, j = _equal_key_pairs(key, max_bucket, bands[a][1] + bands[b][1])
+        if len(i) == 0:
             continue
-        i, j = order[p], order[q]
         d = np.bitwise_count(values[i] ^ values[j]).astype(np.int64)
         keep = (d <= max_dist) & (d > 0)
         i, j = np.minimum(i[keep], j[keep]), np.maximum(i[keep], j[keep])
