@@ -276,6 +276,71 @@ def test_f7_claimed_complete_without_outcome(validator):
     assert got["M3"]["complete_report_id"] == "R3" and got["M3"]["completed_at"] is None
 
 
+_M64 = (1 << 64) - 1
+
+
+def _splitmix64_ref(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(alphabet="汇报项目进度完成整改会议abc0123", max_size=40)), max_size=25),
+       st.sampled_from([1, 5, 64]), st.sampled_from([1, 3, 1000]))
+def test_f6_sketches_are_their_definition_whatever_the_blocks(texts, shingle_block, minhash_block):
+    """F6's shingles, MinHash values and band keys, computed block by block for the cache, equal their
+    definition computed one value at a time: rolling hash of each k-gram, splitmix64; per round, the
+    smallest value of each bin, an empty bin borrowing from the next non-empty one `shift` bins on (plus
+    `shift` in the top bits); a band key is splitmix64 chained over its values. A kept sketch is only
+    valid if this stays put (`f6_copied_summary.SKETCH_VERSION`)."""
+    import transforms.features_fabrication as ff
+
+    k, n_values, per_round, rows_per_band = 3, 16, 4, 4
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ff, "_SHINGLE_BLOCK", shingle_block)
+        patch.setattr(ff, "_MINHASH_BLOCK", minhash_block)
+        doc, h = ff.shingle_hashes(pl.Series(texts, dtype=pl.String), k)
+        sig = ff.minhash_signatures(doc, h, len(texts), n_values, per_round)
+    expected = []
+    for d, text in enumerate(texts):
+        for i in range(len(text or "") - k + 1):
+            value = 0
+            for ch in text[i:i + k]:
+                value = (value * 0x100000001B3 + ord(ch)) & _M64
+            expected.append((d, _splitmix64_ref(value)))
+    assert [(int(a), int(b)) for a, b in zip(doc, h, strict=True)] == expected
+
+    odd = [(int(m) * 2 + 1) & _M64 for m in np.random.default_rng(0x5EED).integers(1, 2**63, n_values // per_round,
+                                                                                  dtype=np.int64)]
+    bits = per_round.bit_length() - 1
+    for d in range(len(texts)):
+        mine = [int(x) for x, owner in zip(h, doc, strict=True) if owner == d]
+        row = []
+        for a in odd:
+            bins = [_M64] * per_round
+            for x in mine:
+                v = (x * a) & _M64
+                b = v >> (64 - bits)
+                bins[b] = min(bins[b], v & ((1 << (64 - bits)) - 1))
+            filled = list(bins)
+            for b in range(per_round):
+                shift = next((s for s in range(1, per_round) if bins[(b + s) % per_round] != _M64), None)
+                if bins[b] == _M64 and shift is not None:
+                    filled[b] = (bins[(b + shift) % per_round] + (shift << (64 - bits))) & _M64
+            row += filled
+        assert [int(x) for x in sig[d]] == row
+
+    keys = ff.band_keys(sig, rows_per_band)
+    for d in range(len(texts)):
+        for band in range(n_values // rows_per_band):
+            key = band
+            for c in range(band * rows_per_band, (band + 1) * rows_per_band):
+                key = _splitmix64_ref(key ^ int(sig[d, c]))
+            assert int(keys[d, band]) == key
+
+
 def test_jaccard_of_candidate_pairs_does_not_depend_on_the_batching():
     """F6 computes the exact Jaccard of its candidate pairs in batches of pairs (memory), over shingle sets
     built batch by batch of documents: every batch size and every split of the documents gives the same

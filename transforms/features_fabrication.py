@@ -31,15 +31,27 @@ _MASK64 = (1 << 64) - 1
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
     """A fast, well-mixed 64-bit finalizer (uint64 in, uint64 out; wraps on overflow by design)."""
+    x = np.array(x, dtype=np.uint64)  # a new array: the input is left alone; the rest is in place
+    _splitmix64_in_place(x, np.empty_like(x))
+    return x
+
+
+def _splitmix64_in_place(x: np.ndarray, work: np.ndarray) -> None:
+    """`_splitmix64` of `x` written over it, with `work` (an array like it) for the shifts."""
     with np.errstate(over="ignore"):
-        x = x + _U64(0x9E3779B97F4A7C15)  # a new array: the input is left alone; the rest is in place
-        shifted = np.empty_like(x)  # one work array for the three shifts, not a fresh one each
-        x ^= np.right_shift(x, _U64(30), out=shifted)
+        x += _U64(0x9E3779B97F4A7C15)
+        x ^= np.right_shift(x, _U64(30), out=work)
         x *= _U64(0xBF58476D1CE4E5B9)
-        x ^= np.right_shift(x, _U64(27), out=shifted)
+        x ^= np.right_shift(x, _U64(27), out=work)
         x *= _U64(0x94D049BB133111EB)
-        x ^= np.right_shift(x, _U64(31), out=shifted)
-        return x
+        x ^= np.right_shift(x, _U64(31), out=work)
+
+
+# The sketches of F6 are chains of in-place NumPy passes over millions of shingles. Over a whole batch each
+# pass is a trip to memory; over a block that fits a core's L2 cache (2 MiB on the machines measured, in
+# docs/performance.md) the chain reads it from the cache: about twice as fast, the same values.
+_SHINGLE_BLOCK = 1 << 17  # positions: the block and its work array, 1 MiB each
+_MINHASH_BLOCK = 1 << 15  # shingles: their hashes, rows and two work arrays, 256 KiB each
 
 
 def stable_key_hash(*columns: pl.Series) -> np.ndarray:
@@ -247,14 +259,20 @@ def shingle_hashes(texts: pl.Series, k: int) -> tuple[np.ndarray, np.ndarray]:
     n_sh = np.maximum(lengths - k + 1, 0)
     if int(n_sh.sum()) == 0:
         return np.empty(0, np.int64), np.empty(0, np.uint64)
-    # Rolling hash at every position of the concatenation (in place: five passes, no temporaries), then
+    # Rolling hash at every position of the concatenation, mixed, block by block (`_SHINGLE_BLOCK`); then
     # drop the windows that start in the last k-1 characters of a text (they run into the next one).
     m = len(cps) - k + 1
-    h = cps[:m].copy()
+    h = np.empty(m, dtype=np.uint64)
+    work = np.empty(min(m, _SHINGLE_BLOCK), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(1, k):
-            h *= _U64(0x100000001B3)
-            h += cps[j:j + m]
+        for lo in range(0, m, _SHINGLE_BLOCK):
+            hi = min(lo + _SHINGLE_BLOCK, m)
+            block = h[lo:hi]
+            block[:] = cps[lo:hi]
+            for j in range(1, k):
+                block *= _U64(0x100000001B3)
+                block += cps[lo + j:hi + j]
+            _splitmix64_in_place(block, work[:hi - lo])
     ends = np.cumsum(lengths)
     starts = ends - lengths
     valid = np.ones(m, dtype=bool)
@@ -262,8 +280,7 @@ def shingle_hashes(texts: pl.Series, k: int) -> tuple[np.ndarray, np.ndarray]:
         p = ends - j
         valid[p[(p >= starts) & (p < m)]] = False
     doc = np.repeat(np.arange(len(lengths), dtype=np.int64), n_sh)
-    h = h[valid]
-    return doc, _splitmix64(h)
+    return doc, h[valid]
 
 
 def boilerplate_shingles(doc: np.ndarray, h: np.ndarray, n_docs: int, max_df_share: float,
@@ -294,73 +311,76 @@ def drop_shingles(doc: np.ndarray, h: np.ndarray, stop: np.ndarray) -> tuple[np.
     return doc[keep], h[keep]
 
 
-def _oph(doc_bins: np.ndarray, h: np.ndarray, n_docs: int, n_bins: int, flat: np.ndarray) -> np.ndarray:
-    """One-permutation MinHash with rotation densification (Shrivastava & Li 2014): the top bits of each
-    shingle hash pick one of `n_bins` bins, the rest is the value; a bin left empty borrows from the next
-    non-empty bin. `doc_bins` is each shingle's document × `n_bins` (uint64); `h` is overwritten, and so
-    is `flat`, a work array like it. (n_docs, n_bins) uint64; an all-max row is a document without
-    shingles."""
-    bits = int(np.log2(n_bins))
-    sentinel = np.iinfo(np.uint64).max
-    sig = np.full((n_docs, n_bins), sentinel, dtype=np.uint64)
-    if len(h) == 0:
+def _densify(sig: np.ndarray, bits: int) -> np.ndarray:
+    """Rotation densification of one-permutation MinHash (Shrivastava & Li 2014), in place: in
+    `sig` (docs × rounds × bins, uint64), an empty bin (all bits set) borrows the value of the next
+    non-empty bin of its round, cyclically, `shift` bins on, plus `shift` × 2^(64 - `bits`), so that
+    borrowed values stay distinct from native ones of the bin. A document without shingles keeps its
+    empty bins."""
+    empty = sig == np.iinfo(np.uint64).max
+    docs = np.flatnonzero(empty.any(axis=(1, 2)))
+    bins = sig.shape[2]
+    if len(docs) == 0 or bins == 1:
         return sig
-    # In place, one pass each: the cost is passes over every shingle of the batch, for every round.
-    if bits:
-        np.right_shift(h, _U64(64 - bits), out=flat)
-    else:
-        flat.fill(0)
-    flat += doc_bins
-    h &= _U64((1 << (64 - bits)) - 1)
-    np.minimum.at(sig.reshape(-1), flat.view(np.int64), h)  # unbuffered in-place minimum per (doc, bin)
-    has_any = ~(sig == sentinel).all(axis=1)
-    filled = sig.copy()
-    offset = _U64(1 << (64 - bits))  # borrowed values stay distinct from native ones of the bin
-    for shift in range(1, n_bins):
-        todo = (filled == sentinel) & has_any[:, None]
-        if not todo.any():
-            break
-        donor = np.roll(sig, -shift, axis=1)
-        ok = todo & (donor != sentinel)
-        with np.errstate(over="ignore"):
-            filled[ok] = donor[ok] + offset * _U64(shift)
-    return filled
+    part, hole = sig[docs], empty[docs]
+    # Each round's bins twice over, so that "the next non-empty bin" needs no wrap: a bin's index where
+    # it is non-empty, past the end where not, then the smallest index at or after each bin.
+    at = np.where(np.concatenate([~hole, ~hole], axis=2), np.arange(2 * bins), 2 * bins)
+    nearest = np.minimum.accumulate(at[..., ::-1], axis=2)[..., ::-1][..., :bins]
+    shift = nearest - np.arange(bins)
+    borrow = hole & (shift < bins)
+    donor = np.take_along_axis(np.concatenate([part, part], axis=2), np.minimum(nearest, 2 * bins - 1), axis=2)
+    with np.errstate(over="ignore"):
+        sig[docs] = np.where(borrow, donor + _U64(1 << (64 - bits)) * shift.astype(np.uint64), part)
+    return sig
 
 
 def minhash_signatures(doc: np.ndarray, h: np.ndarray, n_docs: int, n_values: int,
                        bins_per_round: int = 8) -> np.ndarray:
     """`n_values` MinHash values per document: `n_values / bins_per_round` rounds of one-permutation
-    hashing, each with its own re-mix of the shingle hashes. Few bins a round keep short documents from
-    leaving bins empty (densified bins of one donor would make unrelated short texts collide); many
-    rounds keep the cost at one pass over the shingles per round, not one per value."""
+    hashing (the top bits of a shingle's hash pick one of the round's bins, the rest is its value; empty
+    bins are densified, `_densify`), each with its own re-mix of the shingle hashes. Few bins a round keep
+    short documents from leaving bins empty (densified bins of one donor would make unrelated short texts
+    collide); many rounds keep the cost at one pass over the shingles per round, not one per value. An
+    all-max row is a document without shingles."""
     assert n_values % bins_per_round == 0 and (bins_per_round & (bins_per_round - 1)) == 0
-    out = np.empty((n_docs, n_values), dtype=np.uint64)
+    rounds, bits = n_values // bins_per_round, bins_per_round.bit_length() - 1
+    sig = np.full(n_docs * n_values, np.iinfo(np.uint64).max, dtype=np.uint64)
     # Round r re-hashes by multiplying with a random odd constant: a bijection of the (already mixed)
     # shingle hashes whose top bits are a universal hash (multiply-shift), at one multiply a shingle.
-    mult = np.random.default_rng(0x5EED).integers(1, 2**63, n_values // bins_per_round, dtype=np.int64)
-    doc_bins = doc.astype(np.uint64) * _U64(bins_per_round)
-    # Work arrays made once: arrays this large are mapped fresh from the system at each allocation, and
-    # faulting their pages in cost more than the arithmetic done on them.
-    hr, flat = np.empty_like(h), np.empty_like(h)
-    for r, a in enumerate(mult.astype(np.uint64) * _U64(2) + _U64(1)):
-        with np.errstate(over="ignore"):
-            np.multiply(h, a, out=hr)
-        out[:, r * bins_per_round:(r + 1) * bins_per_round] = _oph(doc_bins, hr, n_docs, bins_per_round, flat)
-    return out
+    mult = np.random.default_rng(0x5EED).integers(1, 2**63, rounds, dtype=np.int64)
+    row = doc.astype(np.uint64) * _U64(n_values)  # where each shingle's document starts in `sig`
+    value_bits = _U64((1 << (64 - bits)) - 1)
+    value = np.empty(min(len(h), _MINHASH_BLOCK), dtype=np.uint64)
+    at = np.empty_like(value)
+    with np.errstate(over="ignore"):
+        for lo in range(0, len(h), _MINHASH_BLOCK):  # every round over one block, then the next block
+            hb, rb = h[lo:lo + _MINHASH_BLOCK], row[lo:lo + _MINHASH_BLOCK]
+            v, a = value[:len(hb)], at[:len(hb)]
+            for r, odd in enumerate(mult.astype(np.uint64) * _U64(2) + _U64(1)):
+                np.multiply(hb, odd, out=v)
+                np.right_shift(v, _U64(64 - bits), out=a)
+                a += rb
+                v &= value_bits
+                # unbuffered in-place minimum per (document, bin) of round r (its bins start r × bins on)
+                np.minimum.at(sig[r * bins_per_round:], a.view(np.int64), v)
+    return _densify(sig.reshape(n_docs, rounds, bins_per_round), bits).reshape(n_docs, n_values)
 
 
 def band_keys(sig: np.ndarray, rows_per_band: int) -> np.ndarray:
     """LSH band keys: one uint64 per band of `rows_per_band` signature values, (n_docs, n_bands)."""
     n, n_bins = sig.shape
     n_bands = n_bins // rows_per_band
-    keys = np.zeros((n, n_bands), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for band in range(n_bands):
-            key = np.full(n, _U64(band), dtype=np.uint64)
-            for c in range(band * rows_per_band, (band + 1) * rows_per_band):
-                key = _splitmix64(key ^ sig[:, c])
-            keys[:, band] = key
-    return keys
+    values = np.ascontiguousarray(sig.T)  # a band reads columns; in `sig` a column's values are 1 KiB apart
+    keys = np.empty((n_bands, n), dtype=np.uint64)
+    work = np.empty(n, dtype=np.uint64)
+    for band in range(n_bands):
+        key = keys[band]
+        key.fill(band)
+        for c in range(band * rows_per_band, (band + 1) * rows_per_band):
+            key ^= values[c]
+            _splitmix64_in_place(key, work)
+    return np.ascontiguousarray(keys.T)
 
 
 def lsh_candidate_pairs(keys: np.ndarray, live: np.ndarray, max_bucket: int = 200) -> tuple[np.ndarray, np.ndarray]:
