@@ -139,10 +139,12 @@ JSON_BATCH_ROWS = 100_000
 _ROWID_NAMES = {"rowid", "_rowid_", "oid"}
 
 
-def _frame(conn: sa.Connection, query: sa.Select, columns: list[str]) -> pl.DataFrame:
-    """The query's rows (every column cast to text) as a frame of String columns."""
+def _frame(conn: sa.Connection, query: sa.Select, columns: list[str], sqlite_where: str | None = None
+           ) -> pl.DataFrame:
+    """The query's rows (`columns` of one table, each cast to text) as a frame of String columns. On
+    SQLite, `sqlite_where` is the query's WHERE as SQL text, if it has one (`_fetch_json_batches`)."""
     if conn.engine.dialect.name == "sqlite":
-        frame = _fetch_json_batches(conn, query, columns)
+        frame = _fetch_json_batches(conn, query, columns, sqlite_where)
         if frame is not None:
             return frame
         with _SQLITE_FETCH:
@@ -150,29 +152,34 @@ def _frame(conn: sa.Connection, query: sa.Select, columns: list[str]) -> pl.Data
     return _fetch_frame(conn, query, columns)
 
 
-def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str]) -> pl.DataFrame | None:
+def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str], where: str | None = None
+                        ) -> pl.DataFrame | None:
     """SQLite: the rows in rowid order, `JSON_BATCH_ROWS` at a time as ONE string, a JSON array of rows
     that SQLite puts together (each row a JSON array of its text values); Polars takes it apart. No
     Python object is made per row or value, and sqlite3 lets go of the GIL while SQLite works, so sources
     fetch side by side: the per-row fetch held the GIL for most of its time, the night's first
     per-source stage waited on it, and it had to run one source at a time.
 
+    `query` selects `columns` of one table, each cast to text; its WHERE, if any, is `where` as SQL text,
+    or the batch is compiled from `query` (`_json_batch_statement`).
+
     None when SQLite cannot: a value that is not UTF-8 (the plain fetch decodes it), a table without
     rowids (a view, WITHOUT ROWID), a column named like the rowid, or a SQLite without JSON functions."""
-    order = "_qingfeng_rowid"  # the rowid's field in each row
     froms = query.columns_clause_froms  # (`get_final_froms` compiles the query to find them)
-    if (_ROWID_NAMES | {order}) & {c.lower() for c in columns} or len(froms) != 1 or not isinstance(
+    if (_ROWID_NAMES | {_BATCH_ROWID}) & {c.lower() for c in columns} or len(froms) != 1 or not isinstance(
             froms[0], sa.Table) or not _has_rowids(conn, froms[0].name):
         return None
-    rowid = sa.literal_column("rowid")
-    values = [c.element if isinstance(c, sa.Label) else c for c in query.selected_columns]
-    rows = (
-        query.with_only_columns(sa.func.json_array(sa.cast(rowid, sa.Text), *values).label("r"), rowid.label("id"))
-        .where(rowid >= sa.bindparam("start")).order_by(rowid).limit(JSON_BATCH_ROWS).subquery()
-    )
-    # (group_concat: a subquery's JSON reaches an aggregate as text, which json_group_array would quote)
-    batch = sa.select(sa.func.printf("[%s]", sa.func.group_concat(rows.c.r, ",")), sa.func.max(rows.c.id),
-                      sa.func.count())
+    if query.whereclause is None or where is not None:
+        sql = _json_batch_sql(froms[0].name, tuple(columns), where)
+
+        def batch(start: int) -> sa.Row:
+            return conn.exec_driver_sql(sql, (start, JSON_BATCH_ROWS)).one()
+    else:
+        statement = _json_batch_statement(query)
+
+        def batch(start: int) -> sa.Row:
+            return conn.execute(statement, {"start": start}).one()
+
     parts, start = [], -(2**63)
     dbapi_connection = conn.connection.dbapi_connection
     # As bytes: a Python string of Chinese text is decoded from UTF-8 and encoded back for Polars, both
@@ -180,11 +187,11 @@ def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str
     dbapi_connection.text_factory = bytes
     try:
         while True:
-            text, last, n = conn.execute(batch, {"start": start}).one()
+            text, last, n = batch(start)
             if n:
                 parts.append(pl.Series([text], dtype=pl.Binary).cast(pl.String)
                              .str.json_decode(pl.List(pl.List(pl.String)))
-                             .explode().list.to_struct(fields=[order, *columns]).struct.unnest())
+                             .explode().list.to_struct(fields=[_BATCH_ROWID, *columns]).struct.unnest())
             if n < JSON_BATCH_ROWS or last >= 2**63 - 1:
                 break
             start = last + 1
@@ -196,7 +203,38 @@ def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str
         return pl.DataFrame(schema={c: pl.String for c in columns})
     # In rowid order, as the plain fetch of a table scan gives them (an aggregate's input order is not
     # guaranteed).
-    return pl.concat(parts).sort(pl.col(order).cast(pl.Int64)).drop(order)
+    return pl.concat(parts).sort(pl.col(_BATCH_ROWID).cast(pl.Int64)).drop(_BATCH_ROWID)
+
+
+_BATCH_ROWID = "_qingfeng_rowid"  # the rowid's field in each row of a batch
+_SQLITE_QUOTE = sqlite_dialect().identifier_preparer.quote
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_batch_sql(table: str, columns: tuple[str, ...], where: str | None) -> str:
+    """A batch of `_fetch_json_batches` as SQL text: the first `?` rows of `table` from rowid `?` on that
+    meet `where`. Written once a night per table name, columns and filter, and sources share them: compiled
+    from a statement it cost about 2 ms a table (each source is its own engine, with its own cache of
+    compiled statements), with the GIL held."""
+    values = ", ".join(f"CAST({_SQLITE_QUOTE(c)} AS TEXT)" for c in columns)
+    condition = f"({where}) AND rowid >= ?" if where else "rowid >= ?"
+    # (group_concat: a subquery's JSON reaches an aggregate as text, which json_group_array would quote)
+    return (f"SELECT printf('[%s]', group_concat(r, ',')), max(id), count(*) FROM ("
+            f"SELECT json_array(CAST(rowid AS TEXT), {values}) AS r, rowid AS id FROM {_SQLITE_QUOTE(table)} "
+            f"WHERE {condition} ORDER BY rowid LIMIT ?)")
+
+
+def _json_batch_statement(query: sa.Select) -> sa.Select:
+    """`_json_batch_sql` compiled from `query` (and its WHERE), for a query whose WHERE is not at hand as
+    text; `start` is the first rowid."""
+    rowid = sa.literal_column("rowid")
+    values = [c.element if isinstance(c, sa.Label) else c for c in query.selected_columns]
+    rows = (
+        query.with_only_columns(sa.func.json_array(sa.cast(rowid, sa.Text), *values).label("r"), rowid.label("id"))
+        .where(rowid >= sa.bindparam("start")).order_by(rowid).limit(JSON_BATCH_ROWS).subquery()
+    )
+    return sa.select(sa.func.printf("[%s]", sa.func.group_concat(rows.c.r, ",")), sa.func.max(rows.c.id),
+                     sa.func.count())
 
 
 def _has_rowids(conn: sa.Connection, table: str) -> bool:
@@ -324,8 +362,8 @@ def _pull_table(
         # here to be parsed. Else the key and change time of every row would be fetched and parsed each
         # night to find the few that changed.
         bound = (lower - timedelta(days=2)).date().isoformat()
-        changed = sa.literal_column(_sqlite_not_older(change.name, bound), sa.Boolean)
-        frame = _frame(conn, everything.where(changed), columns)
+        where = _sqlite_not_older(change.name, bound)
+        frame = _frame(conn, everything.where(sa.literal_column(where, sa.Boolean)), columns, sqlite_where=where)
         return _changed_since(frame, change.name, lower)
 
     # Other databases (MySQL): scan the key and the change column only, parse them here, then fetch the

@@ -58,11 +58,12 @@ _SQLITE_VALUE = st.one_of(st.none(), st.text(), st.integers(-(2**63), 2**63 - 1)
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(_SQLITE_VALUE, _SQLITE_VALUE), max_size=40), st.integers(1, 7),
-       st.sampled_from(["", "WHERE a IS NOT NULL"]))
+       st.sampled_from(["", "a IS NOT NULL"]))
 def test_sqlite_rows_fetched_as_json_are_the_values_fetched_one_by_one(rows, batch_rows, where):
     """SQLite sources are fetched in batches of rows that SQLite puts into one JSON string: every value
     comes out as the plain fetch gives it (quotes, control characters, NUL, emoji, numbers cast to text,
-    NULL), in the same order, whatever the batches; a value that is not UTF-8 sends the table to the
+    NULL), in the same order, whatever the batches, and whether the batch is written as SQL text (the
+    filter given as text) or compiled from the query; a value that is not UTF-8 sends the table to the
     plain fetch, which decodes it."""
     from flows import extract
     from flows.extract import _as_text, _fetch_frame, _fetch_json_batches, _frame
@@ -80,9 +81,12 @@ def test_sqlite_rows_fetched_as_json_are_the_values_fetched_one_by_one(rows, bat
             query = sa.select(*[_as_text(c) for c in table.columns])
             if where:
                 query = query.where(table.c.a.is_not(None))
-            assert_frame_equal(_frame(conn, query, ["a", "b"]), _fetch_frame(conn, query, ["a", "b"]))
+            plain = _fetch_frame(conn, query, ["a", "b"])
+            assert_frame_equal(_frame(conn, query, ["a", "b"]), plain)
+            assert_frame_equal(_frame(conn, query, ["a", "b"], sqlite_where=where or None), plain)
             if not any(isinstance(v, bytes) for row in rows for v in row):  # all UTF-8: no plain fetch needed
                 assert _fetch_json_batches(conn, query, ["a", "b"]) is not None
+                assert _fetch_json_batches(conn, query, ["a", "b"], where or None) is not None
     finally:
         extract.JSON_BATCH_ROWS = default
     engine.dispose()
@@ -181,7 +185,7 @@ def test_sqlite_leaves_out_a_row_only_when_the_parser_finds_it_older(tmp_path_fa
     src = Source("old", "老系统", "department", "legacy", f"sqlite:///{db}", None)
     fetched = []
     read = extract._frame
-    extract._frame = lambda *a: fetched.append(read(*a)) or fetched[-1]  # what SQLite handed over
+    extract._frame = lambda *a, **k: fetched.append(read(*a, **k)) or fetched[-1]  # what SQLite handed over
     try:
         pulled = extract_sql(src, watermarks={"persons": wm}, overlap=timedelta(days=1), now=NOW)
     finally:
