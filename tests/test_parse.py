@@ -318,3 +318,64 @@ def test_metrics_bad_entries():
     assert [r for r, _ in reasons[4:]] == ["R1", "R2", "R3", "R3", "R4"]
     assert "not a flat JSON object" in reasons[4][1]
     assert all(t == "metrics" for t in q["table"])
+
+
+def _canonical_times():
+    from hypothesis import strategies as st
+
+    parts = st.tuples(st.integers(1900, 2100), st.integers(0, 13), st.integers(0, 32), st.integers(0, 25),
+                      st.integers(0, 61), st.integers(0, 61), st.sampled_from(["date", "naive", "offset"]))
+
+    def spell(p):
+        y, mo, d, h, mi, s, shape = p
+        day = f"{y:04d}-{mo:02d}-{d:02d}"
+        return {"date": day, "naive": f"{day} {h:02d}:{mi:02d}:{s:02d}",
+                "offset": f"{day}T{h:02d}:{mi:02d}:{s:02d}+08:00"}[shape]
+
+    # impossible dates and times, the 1986–91 summer-time gaps and overlaps, leap seconds, and now and
+    # then a value of another spelling (which must keep the general path)
+    dst = st.sampled_from(["1988-04-10 02:30:00", "1988-09-11 01:30:00", "1991-04-14 02:00:00", "1986-05-04"])
+    other = st.sampled_from(["2019/4/25", " 2019-04-25", "2019-04-25 07:59", "２０１９-04-25", "20190425"])
+    return st.lists(st.one_of(st.none(), parts.map(spell), dst, other), max_size=12)
+
+
+def _digit_strings():
+    from hypothesis import strategies as st
+
+    return st.lists(st.one_of(st.none(), st.from_regex(r"\A[0-9]{1,16}\Z"), st.sampled_from(["12页", "0.8", "1,024"])),
+                    max_size=12)
+
+
+def _check_fast_path_alone(values: list, kind: str, general) -> None:
+    frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+    if not P.fast_path_suffices(frame, {"v": kind})["v"]:
+        return
+    fast = P.timestamp_fast(pl.col("v")) if kind in ("timestamp", "date") else P.number_fast(pl.col("v"))
+    alone = frame.select(fast.dt.date() if kind == "date" else fast).to_series()
+    assert_series_equal(alone, frame.select(general(pl.col("v"))).to_series(), check_names=False)
+
+
+def test_fast_path_alone_reads_a_canonical_column_as_the_general_path_does():
+    """Where `fast_path_suffices` says so, the normalizer reads a column by the fast path alone: on such a
+    column it gives what the general path gives, value for value, impossible dates, summer-time gaps and
+    leap seconds included."""
+    from hypothesis import given, settings
+
+    @settings(max_examples=300, deadline=None)
+    @given(_canonical_times())
+    def times(values):
+        _check_fast_path_alone(values, "timestamp", P.timestamp)
+        _check_fast_path_alone(values, "date", P.date)
+
+    @settings(max_examples=200, deadline=None)
+    @given(_digit_strings())
+    def numbers(values):
+        _check_fast_path_alone(values, "count", P.count)
+        _check_fast_path_alone(values, "bytes", P.size_bytes)
+        _check_fast_path_alone(values, "progress", lambda e: P.progress_pct(e, fractions=True))
+        _check_fast_path_alone(values, "progress", lambda e: P.progress_pct(e, fractions=False))
+
+    times()
+    numbers()
+    assert P.fast_path_suffices(pl.DataFrame({"a": ["2019-04-25", None], "b": ["2019/4/25", "2019-04-25"]}),
+                                {"a": "date", "b": "timestamp"}) == {"a": True, "b": False}

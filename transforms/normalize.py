@@ -140,7 +140,7 @@ _FAST = {
 def _parse(
     table: str,
     column: str,
-    raw: pl.Expr,
+    raw: pl.Expr | None,
     *,
     dialect: str,
     entities: dict[str, str],
@@ -149,9 +149,12 @@ def _parse(
 ) -> pl.Expr:
     """Stage 1: the parsed value of one canonical column (numbers still Float64, range unchecked).
 
-    For the kinds in `_PREPARE`, `raw` is the stage-0 column; for those in `_FAST`, `fast` the stage -1 one.
-    `fullwidth=False`: the input column holds no full-width form (`parse.has_fullwidth`)."""
+    For the kinds in `_PREPARE`, `raw` is the stage-0 column; for those in `_FAST`, `fast` the stage -1 one,
+    and `raw` None when the fast path suffices (`parse.fast_path_suffices`). `fullwidth=False`: the input
+    column holds no full-width form (`parse.has_fullwidth`)."""
     kind = column_kind(table, column)
+    if raw is None:  # the fast path alone (`parse.fast_path_suffices`)
+        return fast.dt.date() if kind == "date" else fast
     fractions = dialect != "platform"
     parsers = {
         "id": lambda: parse.clean_id(raw, fullwidth=fullwidth),
@@ -271,15 +274,18 @@ class _Plan:
 
 @functools.lru_cache(maxsize=512)
 def _plan(dialect: str, table: str, columns: tuple[str, ...], found_items: tuple[tuple[str, str], ...],
-          entity_items: tuple[tuple[str, str], ...], fullwidth_flags: tuple[bool, ...]) -> _Plan:
+          entity_items: tuple[tuple[str, str], ...], fullwidth_flags: tuple[bool, ...],
+          general_flags: tuple[bool, ...]) -> _Plan:
     """The normalization of a table of `columns` (matched to the contract as `found_items`), given what the
-    data told about itself: the HTML entities its text holds and which columns hold full-width forms.
+    data told about itself: the HTML entities its text holds, which columns hold full-width forms and which
+    need the general path of their parser (`general_flags`; the others are read by the fast path alone).
     Nothing else about the data enters an expression, so a night builds a few dozen plans for its hundreds
     of tables (a plan's Python costs about as much as normalizing a table of a hundred rows)."""
     spec = TABLES[table]
     found = dict(found_items)
     entities = dict(entity_items)
     fullwidth = dict(zip(spec.columns, fullwidth_flags, strict=True))
+    general = dict(zip(spec.columns, general_flags, strict=True))  # False: the fast path alone
 
     def src(column: str) -> pl.Expr:
         return pl.col(found[column]) if column in found else pl.lit(None, pl.String)
@@ -295,14 +301,18 @@ def _plan(dialect: str, table: str, columns: tuple[str, ...], found_items: tuple
             pl.when(fast[c].is_null()).then(src(c)) if c in fast else src(c), fullwidth=fullwidth[c]
         ).alias(_P + "s_" + c)
         for c in spec.columns
-        if kinds[c] in _PREPARE
+        if kinds[c] in _PREPARE and general[c]
     )
+
+    def stage1_input(c: str) -> pl.Expr | None:
+        if kinds[c] not in _PREPARE:
+            return src(c)
+        return pl.col(_P + "s_" + c) if general[c] else None
+
     row, dkey, order, rowhash = (_P + n for n in ("row", "dkey", "order", "hash"))
     stage1 = (
-        *[_parse(
-            table, c, pl.col(_P + "s_" + c) if kinds[c] in _PREPARE else src(c), dialect=dialect, entities=entities,
-            fast=fast.get(c), fullwidth=fullwidth[c],
-        ).alias(_P + "p_" + c) for c in spec.columns],
+        *[_parse(table, c, stage1_input(c), dialect=dialect, entities=entities, fast=fast.get(c),
+                 fullwidth=fullwidth[c]).alias(_P + "p_" + c) for c in spec.columns],
         *[(~parse.is_blank(src(c))).alias(_P + "nb_" + c) for c in spec.columns if kinds[c] in _TYPED],
         (pl.struct(pl.col(c) for c in columns).hash() if columns else pl.lit(0, pl.UInt64)).alias(rowhash),
         *([src("metrics").alias(_P + "metrics")] if table == "stage_reports" else []),
@@ -395,27 +405,32 @@ def normalize_table(raw: pl.DataFrame, *, dialect: str, table: str, source_id: s
         if c in found and kinds[c] in ("text", "code"):
             entities.update(parse.html_entity_map(frame[found[c]]))
     has_fw = parse.has_fullwidth(frame, {found[c] for c in spec.columns if c in found and kinds[c] in _HALFWIDTH})
+    fast_enough = parse.fast_path_suffices(frame, {found[c]: kinds[c] for c in spec.columns
+                                                   if c in found and kinds[c] in _FAST})
     plan = _plan(dialect, table, tuple(raw.columns), tuple(found.items()), tuple(sorted(entities.items())),
-                 tuple(has_fw.get(found.get(c, ""), False) for c in spec.columns))
+                 tuple(has_fw.get(found.get(c, ""), False) for c in spec.columns),
+                 tuple(not fast_enough.get(found.get(c, ""), True) for c in spec.columns))
     # The in-memory engine: the streaming one (Polars' default) costs a few ms more to set up per query,
     # most of the cost of a small table, is ~20% slower on 10k rows and no faster on 1M rows (with more
     # memory: the global sort needs the whole frame anyway).
     out = plan.query(frame.lazy()).collect(engine="in-memory")
-    # reasons: built on the failing rows only
-    bad = out.filter(pl.col(_P + "bad")).with_columns(plan.reason.alias(_P + "reason"), plan.raw_json.alias(_P + "raw"))
-
     ok = out.filter(~pl.col(_P + "bad"))
     clean = ok.select(
         pl.lit(source_id, pl.String).alias("source_id"),
         *[pl.col(_P + c).alias(c) for c in spec.columns],
     )
-    quarantine = bad.select(
-        pl.lit(source_id, pl.String).alias("source_id"),
-        pl.lit(table, pl.String).alias("table"),
-        pl.col(_P + spec.key).alias("record_id"),
-        pl.col(_P + "reason").alias("reason"),
-        pl.col(_P + "raw").alias("raw"),
-    )
+    # Reasons are built on the failing rows only, and not at all without any: the expression of every
+    # check's message costs about 1.5 ms however few rows it runs on, a good part of a small table's cost.
+    if ok.height == out.height:
+        quarantine = pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    else:
+        quarantine = out.filter(pl.col(_P + "bad")).select(
+            pl.lit(source_id, pl.String).alias("source_id"),
+            pl.lit(table, pl.String).alias("table"),
+            pl.col(_P + spec.key).alias("record_id"),
+            plan.reason.alias("reason"),
+            plan.raw_json.alias("raw"),
+        )
 
     if table == "stage_reports" and "metrics" in found:
         ok = ok.with_columns(plan.raw_json.alias(_P + "raw"))
