@@ -81,60 +81,16 @@ def parse_metrics(
     if base.is_empty():
         return _empty_metrics(), _empty_quarantine()
 
-    # ---- JSON objects -------------------------------------------------------------------------
-    js = base.filter(pl.col("is_json")).with_columns(
-        text=pl.col("text").str.replace(r"^｛", "{").str.replace(r"｝$", "}")
-    )
-    bad_field = js.filter(~pl.col("text").str.contains(_OBJECT)).select(
-        "_r",
-        pl.lit(0, pl.UInt32).alias("_e"),
-        "report_id",
-        "raw",
-        reason=pl.lit("metrics: not a flat JSON object of name → number: '")
-        + parse.truncate(pl.col("text"))
-        + pl.lit("'"),
-    )
-    pairs = (
-        js.filter(pl.col("text").str.contains(_OBJECT))
-        .select("_r", "report_id", pair=pl.col("text").str.extract_all(_PAIR))
-        .explode("pair")
-        .filter(pl.col("pair").is_not_null())
-        .with_columns(g=pl.col("pair").str.extract_groups(_PAIR_GROUPS))
-        .select(
-            "_r", "report_id",
-            entry=pl.col("pair"),
-            name=pl.col("g").struct.field("name"),
-            value=parse.trim(pl.col("g").struct.field("value")),
-        )
-    )
-    escapes = parse.json_escape_map(pl.concat([pairs["name"], pairs["value"]]))
-    pairs = pairs.with_columns(
-        name=parse.decode_json_escapes(pl.col("name"), escapes),
-        value=pl.when(pl.col("value").str.starts_with('"'))
-        .then(parse.decode_json_escapes(pl.col("value").str.slice(1, pl.col("value").str.len_chars() - 2), escapes))
-        .when(pl.col("value") == "null")
-        .then(pl.lit(None, pl.String))
-        .otherwise(pl.col("value")),
-    )
-
-    # ---- name:value;name:value ----------------------------------------------------------------
-    kv = (
-        base.filter(~pl.col("is_json"))
-        .select(
-            "_r", "report_id",
-            entry=pl.col("text").str.normalize("NFKC").str.replace_all(r"[;\r\n]+", ";").str.split(";"),
-        )
-        .explode("entry")
-        .with_columns(entry=parse.trim(pl.col("entry")))
-        .filter(pl.col("entry").str.len_bytes() > 0)
-        .with_columns(g=pl.col("entry").str.extract_groups(_KV_GROUPS))
-        .select(
-            "_r", "report_id", "entry",
-            name=pl.col("g").struct.field("name"),
-            value=parse.trim(pl.col("g").struct.field("value")),
-        )
-    )
-
+    # ---- the entries: of JSON objects, and of name:value;name:value ----------------------------
+    # (Each spelling only when some report has it: the expressions of a branch cost a few ms however few
+    # rows they run on, and a system writes its metrics one way.)
+    js = base.filter(pl.col("is_json"))
+    if js.is_empty():
+        bad_field, pairs = pl.DataFrame(schema=_BAD_FIELD), pl.DataFrame(schema=_ENTRIES)
+    else:
+        bad_field, pairs = _json_entries(js)
+    kv = base.filter(~pl.col("is_json"))
+    kv = pl.DataFrame(schema=_ENTRIES) if kv.is_empty() else _kv_entries(kv)
     entries = pl.concat([pairs, kv], how="vertical").with_row_index("_e")
     too_many = pl.len().over("_r") > MAX_ENTRIES
     crowded = (
@@ -205,3 +161,65 @@ def parse_metrics(
         )
     )
     return metrics.cast(METRICS_SCHEMA), quarantine.cast(QUARANTINE_SCHEMA)  # type: ignore[arg-type]
+
+
+_ENTRIES = {"_r": pl.UInt32, "report_id": pl.String, "entry": pl.String, "name": pl.String, "value": pl.String}
+_BAD_FIELD = {"_r": pl.UInt32, "_e": pl.UInt32, "report_id": pl.String, "raw": pl.String, "reason": pl.String}
+
+
+def _json_entries(js: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the reports whose JSON is not a flat object, the entries of the others) of the JSON metrics."""
+    js = js.with_columns(
+        text=pl.col("text").str.replace(r"^｛", "{").str.replace(r"｝$", "}")
+    )
+    bad_field = js.filter(~pl.col("text").str.contains(_OBJECT)).select(
+        "_r",
+        pl.lit(0, pl.UInt32).alias("_e"),
+        "report_id",
+        "raw",
+        reason=pl.lit("metrics: not a flat JSON object of name → number: '")
+        + parse.truncate(pl.col("text"))
+        + pl.lit("'"),
+    )
+    pairs = (
+        js.filter(pl.col("text").str.contains(_OBJECT))
+        .select("_r", "report_id", pair=pl.col("text").str.extract_all(_PAIR))
+        .explode("pair")
+        .filter(pl.col("pair").is_not_null())
+        .with_columns(g=pl.col("pair").str.extract_groups(_PAIR_GROUPS))
+        .select(
+            "_r", "report_id",
+            entry=pl.col("pair"),
+            name=pl.col("g").struct.field("name"),
+            value=parse.trim(pl.col("g").struct.field("value")),
+        )
+    )
+    escapes = parse.json_escape_map(pl.concat([pairs["name"], pairs["value"]]))
+    pairs = pairs.with_columns(
+        name=parse.decode_json_escapes(pl.col("name"), escapes),
+        value=pl.when(pl.col("value").str.starts_with('"'))
+        .then(parse.decode_json_escapes(pl.col("value").str.slice(1, pl.col("value").str.len_chars() - 2), escapes))
+        .when(pl.col("value") == "null")
+        .then(pl.lit(None, pl.String))
+        .otherwise(pl.col("value")),
+    )
+    return bad_field, pairs
+
+
+def _kv_entries(kv: pl.DataFrame) -> pl.DataFrame:
+    """The entries of the `name:value;name:value` metrics."""
+    return (
+        kv.select(
+            "_r", "report_id",
+            entry=pl.col("text").str.normalize("NFKC").str.replace_all(r"[;\r\n]+", ";").str.split(";"),
+        )
+        .explode("entry")
+        .with_columns(entry=parse.trim(pl.col("entry")))
+        .filter(pl.col("entry").str.len_bytes() > 0)
+        .with_columns(g=pl.col("entry").str.extract_groups(_KV_GROUPS))
+        .select(
+            "_r", "report_id", "entry",
+            name=pl.col("g").struct.field("name"),
+            value=parse.trim(pl.col("g").struct.field("value")),
+        )
+    )
