@@ -170,15 +170,16 @@ def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str
             froms[0], sa.Table) or not _has_rowids(conn, froms[0].name):
         return None
     if query.whereclause is None or where is not None:
-        sql = _json_batch_sql(froms[0].name, tuple(columns), where)
+        sql, positions, params = _json_batch_sql(froms[0].name, tuple(columns), where)
 
         def batch(start: int) -> sa.Row:
-            return conn.exec_driver_sql(sql, (start, JSON_BATCH_ROWS)).one()
+            values = {**params, "start": start, "rows": JSON_BATCH_ROWS}
+            return conn.exec_driver_sql(sql, tuple(values[p] for p in positions)).one()
     else:
         statement = _json_batch_statement(query)
 
         def batch(start: int) -> sa.Row:
-            return conn.execute(statement, {"start": start}).one()
+            return conn.execute(statement, {"start": start, "rows": JSON_BATCH_ROWS}).one()
 
     parts, start = [], -(2**63)
     dbapi_connection = conn.connection.dbapi_connection
@@ -188,6 +189,8 @@ def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str
     try:
         while True:
             text, last, n = batch(start)
+            if n and last < start:  # (cannot be, as each batch starts after the last: never loop on it)
+                return None
             if n:
                 parts.append(pl.Series([text], dtype=pl.Binary).cast(pl.String)
                              .str.json_decode(pl.List(pl.List(pl.String)))
@@ -207,32 +210,39 @@ def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str
 
 
 _BATCH_ROWID = "_qingfeng_rowid"  # the rowid's field in each row of a batch
-_SQLITE_QUOTE = sqlite_dialect().identifier_preparer.quote
 
 
 @functools.lru_cache(maxsize=1024)
-def _json_batch_sql(table: str, columns: tuple[str, ...], where: str | None) -> str:
-    """A batch of `_fetch_json_batches` as SQL text: the first `?` rows of `table` from rowid `?` on that
-    meet `where`. Written once a night per table name, columns and filter, and sources share them: compiled
-    from a statement it cost about 2 ms a table (each source is its own engine, with its own cache of
-    compiled statements), with the GIL held."""
-    values = ", ".join(f"CAST({_SQLITE_QUOTE(c)} AS TEXT)" for c in columns)
-    condition = f"({where}) AND rowid >= ?" if where else "rowid >= ?"
-    # (group_concat: a subquery's JSON reaches an aggregate as text, which json_group_array would quote)
-    return (f"SELECT printf('[%s]', group_concat(r, ',')), max(id), count(*) FROM ("
-            f"SELECT json_array(CAST(rowid AS TEXT), {values}) AS r, rowid AS id FROM {_SQLITE_QUOTE(table)} "
-            f"WHERE {condition} ORDER BY rowid LIMIT ?)")
+def _json_batch_sql(table: str, columns: tuple[str, ...], where: str | None) -> tuple[str, tuple, dict]:
+    """`_json_batch_statement` of the select of `columns` (cast to text) of `table` that meet `where`
+    (SQL text), compiled for SQLite: the SQL, the names of its positional parameters in order, and the
+    values of those that are constants. Compiled once a night per table name, columns and filter, and
+    shared by every source: compiled per table it cost about 2 ms with the GIL held (each source is its
+    own engine, with its own cache of compiled statements)."""
+    source = sa.table(table, *(sa.column(c) for c in columns))
+    query = sa.select(*[_as_text(c) for c in source.columns])
+    if where is not None:
+        query = query.where(sa.literal_column(where, sa.Boolean))
+    compiled = _json_batch_statement(query).compile(dialect=sqlite_dialect())
+    return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
 
 
 def _json_batch_statement(query: sa.Select) -> sa.Select:
-    """`_json_batch_sql` compiled from `query` (and its WHERE), for a query whose WHERE is not at hand as
-    text; `start` is the first rowid."""
+    """A batch of `_fetch_json_batches`: the rows of `query` (one table's columns, cast to text) from rowid
+    `start` on, at most `rows` of them, as one string of JSON; with the greatest rowid and the count."""
     rowid = sa.literal_column("rowid")
     values = [c.element if isinstance(c, sa.Label) else c for c in query.selected_columns]
+    condition = rowid >= sa.bindparam("start")
+    if query.whereclause is not None:
+        # In parentheses: a filter given as SQL text (`_sqlite_not_older`, an OR) would otherwise bind to the
+        # rowid's condition by SQLite's precedence (AND before OR), and its rows come again in every batch.
+        condition = sa.and_(sa.Grouping(query.whereclause), condition)
     rows = (
-        query.with_only_columns(sa.func.json_array(sa.cast(rowid, sa.Text), *values).label("r"), rowid.label("id"))
-        .where(rowid >= sa.bindparam("start")).order_by(rowid).limit(JSON_BATCH_ROWS).subquery()
+        sa.select(sa.func.json_array(sa.cast(rowid, sa.Text), *values).label("r"), rowid.label("id"))
+        .select_from(query.columns_clause_froms[0]).where(condition).order_by(rowid).limit(sa.bindparam("rows"))
+        .subquery()
     )
+    # (group_concat: a subquery's JSON reaches an aggregate as text, which json_group_array would quote)
     return sa.select(sa.func.printf("[%s]", sa.func.group_concat(rows.c.r, ",")), sa.func.max(rows.c.id),
                      sa.func.count())
 

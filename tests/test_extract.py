@@ -58,13 +58,13 @@ _SQLITE_VALUE = st.one_of(st.none(), st.text(), st.integers(-(2**63), 2**63 - 1)
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(_SQLITE_VALUE, _SQLITE_VALUE), max_size=40), st.integers(1, 7),
-       st.sampled_from(["", "a IS NOT NULL"]))
+       st.sampled_from(["", "a IS NULL OR b IS NOT NULL"]))
 def test_sqlite_rows_fetched_as_json_are_the_values_fetched_one_by_one(rows, batch_rows, where):
     """SQLite sources are fetched in batches of rows that SQLite puts into one JSON string: every value
     comes out as the plain fetch gives it (quotes, control characters, NUL, emoji, numbers cast to text,
-    NULL), in the same order, whatever the batches, and whether the batch is written as SQL text (the
-    filter given as text) or compiled from the query; a value that is not UTF-8 sends the table to the
-    plain fetch, which decodes it."""
+    NULL), in the same order, whatever the batches, with or without a filter written as SQL text (an OR,
+    as the next night's is: each batch's rowid condition must not bind to half of it), given as text or
+    only in the query; a value that is not UTF-8 sends the table to the plain fetch, which decodes it."""
     from flows import extract
     from flows.extract import _as_text, _fetch_frame, _fetch_json_batches, _frame
 
@@ -80,13 +80,39 @@ def test_sqlite_rows_fetched_as_json_are_the_values_fetched_one_by_one(rows, bat
             table = sa.Table("t", sa.MetaData(), autoload_with=conn)
             query = sa.select(*[_as_text(c) for c in table.columns])
             if where:
-                query = query.where(table.c.a.is_not(None))
+                query = query.where(sa.literal_column(where, sa.Boolean))
             plain = _fetch_frame(conn, query, ["a", "b"])
             assert_frame_equal(_frame(conn, query, ["a", "b"]), plain)
             assert_frame_equal(_frame(conn, query, ["a", "b"], sqlite_where=where or None), plain)
             if not any(isinstance(v, bytes) for row in rows for v in row):  # all UTF-8: no plain fetch needed
                 assert _fetch_json_batches(conn, query, ["a", "b"]) is not None
                 assert _fetch_json_batches(conn, query, ["a", "b"], where or None) is not None
+    finally:
+        extract.JSON_BATCH_ROWS = default
+    engine.dispose()
+
+
+def test_sqlite_batches_of_a_filter_with_or_do_not_bring_its_rows_again():
+    """The next night's filter is an OR (`change IS NULL OR <date> >= …`): each batch's own condition on the
+    rowid applies to all of it, so rows with a NULL change time come once, and the batches move on."""
+    from flows import extract
+    from flows.extract import _as_text, _fetch_frame, _fetch_json_batches
+
+    engine = sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool)
+    default = extract.JSON_BATCH_ROWS
+    extract.JSON_BATCH_ROWS = 2
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (k TEXT, changed TEXT)")
+            conn.exec_driver_sql("INSERT INTO t VALUES ('n1', NULL), ('old', '2019-01-01'), ('n2', NULL), "
+                                 "('new1', '2026-11-29'), ('new2', '2026-11-30'), ('new3', '2026-12-01')")
+            table = sa.Table("t", sa.MetaData(), autoload_with=conn)
+            where = "changed IS NULL OR changed >= '2026-01-01'"
+            query = sa.select(*[_as_text(c) for c in table.columns]).where(sa.literal_column(where, sa.Boolean))
+            plain = _fetch_frame(conn, query, ["k", "changed"])
+            assert plain["k"].to_list() == ["n1", "n2", "new1", "new2", "new3"]
+            for text in (None, where):  # compiled from the query, or written from the filter's text
+                assert_frame_equal(_fetch_json_batches(conn, query, ["k", "changed"], text), plain)
     finally:
         extract.JSON_BATCH_ROWS = default
     engine.dispose()
