@@ -248,10 +248,16 @@ def _json_batch_statement(query: sa.Select) -> sa.Select:
 
 
 def _has_rowids(conn: sa.Connection, table: str) -> bool:
-    """A SQLite table with rowids: not a view (whose rowid is NULL), not WITHOUT ROWID."""
-    sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"),
-                       {"name": table}).scalar()
-    return sql is not None and not re.search(r"\bWITHOUT\s+ROWID\b", sql, re.IGNORECASE)
+    """A SQLite table with rowids: not a view (whose rowid is NULL), not WITHOUT ROWID. The schema is read
+    once for the pull's connection (a query per table cost more than the check)."""
+    if (tables := conn.info.get(_ROWID_TABLES)) is None:
+        rows = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all()
+        tables = conn.info[_ROWID_TABLES] = frozenset(
+            name for name, sql in rows if sql is not None and not re.search(r"\bWITHOUT\s+ROWID\b", sql, re.IGNORECASE))
+    return table in tables
+
+
+_ROWID_TABLES = "qingfeng_rowid_tables"  # in a connection's `info`: its tables with rowids
 
 
 def _fetch_frame(conn: sa.Connection, query: sa.Executable, columns: list[str]) -> pl.DataFrame:
