@@ -16,6 +16,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -402,10 +403,11 @@ RULES_IN_FLIGHT = int(os.environ.get("QINGFENG_RULES_IN_FLIGHT", "2"))
 
 def evaluate(
     layout: Layout, registry: Registry, outcomes: dict[str, SourceOutcome], as_of: date,
-    contract_settings: ContractSettings | None = None, docs_dir: Path | None = None,
-) -> tuple[dict[str, pl.DataFrame], pl.DataFrame]:
-    """Silver across sources with references resolved, and every flag of tonight's rules. With
-    `docs_dir`, the Great Expectations Data Docs of every suite run go there."""
+    contract_settings: ContractSettings | None = None, validator: Validator | None = None,
+) -> tuple[CitySilver, pl.DataFrame]:
+    """Silver across sources with references resolved, and every flag of tonight's rules. The suites run
+    through `validator`, whose Data Docs the caller then builds (`build_docs`), or through one made here
+    and let go of."""
     source_ids = [s.id for s in registry.sources]
     silver = CitySilver.load(layout, source_ids)
     problems = pl.DataFrame(
@@ -414,7 +416,8 @@ def evaluate(
     )
     quarantine = pl.concat([o.quarantine for o in outcomes.values()]) if outcomes else pl.DataFrame(
         schema=QUARANTINE_SCHEMA)
-    validator = Validator(docs_dir=docs_dir)
+    own = validator is None
+    validator = Validator() if validator is None else validator
     flags = pl.concat([
         c1_flags(validator, [s.id for s in registry.sources], problems),
         c2_flags_from_quarantine(quarantine),
@@ -425,14 +428,22 @@ def evaluate(
                    after_each=lambda: release_freed_memory(collect=False),
                    in_flight=1 if silver.sharded else RULES_IN_FLIGHT),
     ]).unique(maintain_order=True)
-    if docs_dir is not None:
-        shutil.rmtree(docs_dir, ignore_errors=True)  # a rerun of the date replaces its docs
-        try:
-            validator.build_docs()
-        except Exception:  # noqa: BLE001 — the flags and marts matter more than their HTML rendering
-            log.exception("building the Data Docs in %s failed", docs_dir)
-    validator.close()  # the results are rendered: GX would keep them for the life of the process
+    if own:
+        validator.close()
     return silver, flags
+
+
+def build_docs(validator: Validator, docs_dir: Path) -> None:
+    """The Great Expectations Data Docs of every suite `validator` ran, into `docs_dir` (a rerun of the date
+    replaces them); then the validator lets go of its results, which GX would keep for the life of the
+    process. A failure is logged: the flags and marts matter more than their HTML rendering."""
+    shutil.rmtree(docs_dir, ignore_errors=True)
+    try:
+        validator.build_docs()
+    except Exception:  # noqa: BLE001
+        log.exception("building the Data Docs in %s failed", docs_dir)
+    finally:
+        validator.close()
 
 
 def release_freed_memory(collect: bool = True) -> None:
@@ -491,19 +502,27 @@ def finish_night(
     for o in outcomes.values():
         if o.status != "ok" and o.last_good is None:
             o.last_good = state.last_good(o.source_id, before=as_of)
-    silver, flags = evaluate(layout, registry, outcomes, as_of, docs_dir=layout.docs(as_of))
-    release_freed_memory()
+    validator = Validator(docs_dir=layout.docs(as_of))
+    silver, flags = evaluate(layout, registry, outcomes, as_of, validator=validator)
     t_rules = time.perf_counter()
-    sources = sources_frame(registry, outcomes, flags)
-    outbox, mail = alert_stage(layout, state, registry, outcomes, as_of, silver, flags, sources, dry_run_mail)
-    ctx = MartInputs(
-        as_of=as_of, silver=silver, flags=flags, sources=sources,
-        supervision_email=registry.supervision_email or "", outbox=outbox,
-        history=previous_partitions(layout, as_of),  # for score_change: the partitions before as_of
-    )
-    marts = build_all(ctx)
-    release = publish(layout, as_of, marts)
-    refresh_views(layout)
+    # The Data Docs are GX rendering HTML in Python, the marts mostly Polars, which lets go of the GIL: built
+    # side by side when the city's silver is held whole. A city read source by source has the highest point
+    # of its night in the marts, and the validation results the docs hold until rendered would add to it.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="data-docs") as docs:  # (waits for them)
+        docs_built = docs.submit(build_docs, validator, layout.docs(as_of))
+        if silver.sharded:
+            docs_built.result()
+        release_freed_memory()
+        sources = sources_frame(registry, outcomes, flags)
+        outbox, mail = alert_stage(layout, state, registry, outcomes, as_of, silver, flags, sources, dry_run_mail)
+        ctx = MartInputs(
+            as_of=as_of, silver=silver, flags=flags, sources=sources,
+            supervision_email=registry.supervision_email or "", outbox=outbox,
+            history=previous_partitions(layout, as_of),  # for score_change: the partitions before as_of
+        )
+        marts = build_all(ctx)
+        release = publish(layout, as_of, marts)
+        refresh_views(layout)
     t_marts = time.perf_counter()
     flag_counts = dict(flags.group_by("source_id").len().iter_rows())
     state.record(run_id, as_of, [
