@@ -92,16 +92,18 @@ class Validator:
     def close(self) -> None:
         """Let go of the GX context and the validation results it keeps for the Data Docs (COMPLETE
         results: an entry per unexpected row, 164 MB at 96 × 1,000). GX keeps the context it made last
-        in a module-level project manager, so dropping the Validator alone frees none of it."""
+        in a module-level project manager, so dropping the Validator alone frees none of it; and a closed
+        Validator holds none of it either, however long its owner keeps it."""
         from great_expectations.data_context.data_context.context_factory import project_manager
         from great_expectations.exceptions import DataContextRequiredError
 
         try:
             current = project_manager._project
-        except DataContextRequiredError:  # no context set: nothing kept
-            return
-        if current is self.context:  # not one made since, by another Validator
+        except DataContextRequiredError:  # no context set: nothing kept there
+            current = None
+        if current is not None and current is self.context:  # not one made since, by another Validator
             project_manager.set_project(None)
+        self.context = self.source = None
 
     def build_docs(self) -> Path | None:
         if self.docs_dir is None:

@@ -510,7 +510,6 @@ def finish_night(
     # of its night in the marts, and the validation results the docs hold until rendered would add to it.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="data-docs") as docs:  # (waits for them)
         docs_built = docs.submit(build_docs, validator, layout.docs(as_of))
-        del validator  # its validation results go once the docs are built, not with this function
         if silver.sharded:
             docs_built.result()
         release_freed_memory()
