@@ -348,7 +348,7 @@ def minhash_signatures(doc: np.ndarray, h: np.ndarray, n_docs: int, n_values: in
     sig = np.full(n_docs * n_values, np.iinfo(np.uint64).max, dtype=np.uint64)
     # Round r re-hashes by multiplying with a random odd constant: a bijection of the (already mixed)
     # shingle hashes whose top bits are a universal hash (multiply-shift), at one multiply a shingle.
-    mult = np.random.default_rng(0x5EED).integers(1, 2**63, rounds, dtype=np.int64)
+    odd = np.random.default_rng(0x5EED).integers(1, 2**63, rounds, dtype=np.int64).astype(np.uint64) * _U64(2) + _U64(1)
     row = doc.astype(np.uint64) * _U64(n_values)  # where each shingle's document starts in `sig`
     value_bits = _U64((1 << (64 - bits)) - 1)
     value = np.empty(min(len(h), _MINHASH_BLOCK), dtype=np.uint64)
@@ -357,8 +357,8 @@ def minhash_signatures(doc: np.ndarray, h: np.ndarray, n_docs: int, n_values: in
         for lo in range(0, len(h), _MINHASH_BLOCK):  # every round over one block, then the next block
             hb, rb = h[lo:lo + _MINHASH_BLOCK], row[lo:lo + _MINHASH_BLOCK]
             v, a = value[:len(hb)], at[:len(hb)]
-            for r, odd in enumerate(mult.astype(np.uint64) * _U64(2) + _U64(1)):
-                np.multiply(hb, odd, out=v)
+            for r, multiplier in enumerate(odd):
+                np.multiply(hb, multiplier, out=v)
                 np.right_shift(v, _U64(64 - bits), out=a)
                 a += rb
                 v &= value_bits
