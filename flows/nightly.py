@@ -243,6 +243,10 @@ def nightly(sources_file: str, warehouse: str, as_of: date | None = None, overla
     # a worker holds one source's raw rows at a time, so memory grows with the workers, not the city.
     futures = {s.id: source_task.submit(s, str(layout.root), state_url, as_of, run_id, settings)
                for s in registry.sources}
+    try:  # while the sources are in flight, this thread has nothing else to do
+        steps.load_validation()
+    except Exception:  # noqa: BLE001 — the cross-source stage imports them again, and fails there if it must
+        logger.exception("loading Great Expectations and the rules ahead of the cross-source stage failed")
     outcomes = {sid: f.result() for sid, f in futures.items()}
     for sid, o in outcomes.items():
         if o.status != "ok":

@@ -20,20 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from expectations.contract import (
-    ContractSettings,
-    c1_flags,
-    c2_flags_from_quarantine,
-    c4_flags,
-    contract_suite_flags,
-)
-from expectations.deadline import deadline_flags
-from expectations.gx_runner import Validator
-from expectations.rules import rule_flags
-from expectations.rules.base import RuleContext
 from flows.extract import Pulled, SourceUnreachable, extract_filedrop, extract_sql, list_deliveries
 from flows.outbox import MailSummary, NightContext, night_alerts
 from flows.registry import Registry, Source
@@ -50,6 +40,10 @@ from warehouse.layout import Layout
 from warehouse.marts import SOURCES_SCHEMA, MartInputs, build_all
 from warehouse.publish import publish
 from warehouse.silver import TABLE_NAMES, CitySilver, by_source
+
+if TYPE_CHECKING:
+    from expectations.contract import ContractSettings
+    from expectations.gx_runner import Validator
 
 log = logging.getLogger("qingfeng")
 
@@ -408,6 +402,18 @@ def evaluate(
     """Silver across sources with references resolved, and every flag of tonight's rules. The suites run
     through `validator`, whose Data Docs the caller then builds (`build_docs`), or through one made here
     and let go of."""
+    from expectations.contract import (
+        ContractSettings,
+        c1_flags,
+        c2_flags_from_quarantine,
+        c4_flags,
+        contract_suite_flags,
+    )
+    from expectations.deadline import deadline_flags
+    from expectations.gx_runner import Validator
+    from expectations.rules import rule_flags
+    from expectations.rules.base import RuleContext
+
     source_ids = [s.id for s in registry.sources]
     silver = CitySilver.load(layout, source_ids)
     problems = pl.DataFrame(
@@ -444,6 +450,17 @@ def build_docs(validator: Validator, docs_dir: Path) -> None:
         log.exception("building the Data Docs in %s failed", docs_dir)
     finally:
         validator.close()
+
+
+def load_validation() -> None:
+    """Import Great Expectations, the contract suite and every rule: about 3 s of Python holding the GIL,
+    which was most of what a night took before its flow started. Nothing before the cross-source stage
+    needs them, so the flow calls this once its sources are in flight, and the import overlaps their
+    work. Whatever is not loaded by then is imported where it is used."""
+    from expectations import contract, deadline, gx_runner  # noqa: F401
+    from expectations.rules import rule_modules
+
+    rule_modules()
 
 
 def release_freed_memory(collect: bool = True) -> None:
@@ -502,6 +519,8 @@ def finish_night(
     for o in outcomes.values():
         if o.status != "ok" and o.last_good is None:
             o.last_good = state.last_good(o.source_id, before=as_of)
+    from expectations.gx_runner import Validator
+
     validator = Validator(docs_dir=layout.docs(as_of))
     silver, flags = evaluate(layout, registry, outcomes, as_of, validator=validator)
     t_rules = time.perf_counter()

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
+import textwrap
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -225,3 +228,35 @@ def test_progress_rich_display_in_a_terminal():
     assert tasks["night"].completed == 3
     out = buf.getvalue()
     assert "alpha" in out and "beta" in out and "server down" in out
+
+
+# --------------------------------------------------------------------------------------------------
+# start-up: Great Expectations loads while the sources are in flight
+# --------------------------------------------------------------------------------------------------
+
+
+def _python(code: str) -> str:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_the_flow_module_leaves_great_expectations_for_the_night_to_load():
+    # (in a process of its own: this one has long imported it)
+    out = _python("import sys, flows.nightly, flows.cli\n"
+                  "print(sorted(m for m in sys.modules if m.split('.')[0] == 'great_expectations'"
+                  " or m.startswith('expectations.rules.')))")
+    assert out.strip() == "[]"
+
+
+
+def test_load_validation_imports_great_expectations_and_the_rules():
+    out = _python(textwrap.dedent("""
+        import sys
+        from flows import steps
+        steps.load_validation()
+        from expectations.rules import rule_modules
+        print("great_expectations" in sys.modules, all(m.__name__ in sys.modules for m in rule_modules()))
+    """))
+    assert out.split() == ["True", "True"]
