@@ -250,13 +250,29 @@ def test_the_flow_module_leaves_great_expectations_for_the_night_to_load():
     assert out.strip() == "[]"
 
 
-
-def test_load_validation_imports_great_expectations_and_the_rules():
+def test_load_validation_imports_the_rules_and_freezes_the_modules_once():
     out = _python(textwrap.dedent("""
-        import sys
+        import gc, sys, weakref
         from flows import steps
+        assert gc.get_freeze_count() == 0
         steps.load_validation()
         from expectations.rules import rule_modules
-        print("great_expectations" in sys.modules, all(m.__name__ in sys.modules for m in rule_modules()))
+        assert "great_expectations" in sys.modules
+        assert all(m.__name__ in sys.modules for m in rule_modules())
+        frozen = gc.get_freeze_count()
+        steps.load_validation()  # a second night in the same process freezes nothing more
+        again = gc.get_freeze_count()
+
+        class Node:
+            pass
+
+        node = Node()
+        node.cycle = node  # made after the freeze: a collection still reclaims it
+        ref = weakref.ref(node)
+        del node
+        gc.collect()
+        print(frozen, again, ref() is None)
     """))
-    assert out.split() == ["True", "True"]
+    frozen, again, reclaimed = out.split()
+    assert int(frozen) > 100_000 and int(again) == int(frozen)
+    assert reclaimed == "True"
