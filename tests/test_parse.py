@@ -153,6 +153,19 @@ def test_clean_text_html_entities_controls():
     ]
 
 
+def test_html_entities_of_columns_is_the_map_of_each_column_together():
+    frame = pl.DataFrame({
+        "summary": ["&#8220;引号&#8221;", None, "无"],
+        "title": ["&#x4E2D;&#20013;", "plain", None],
+        "plain": ["a", "b", "c"],
+        "number": ["&#49;", None, None],  # not asked for: its reference is not read
+    })
+    wanted = {**P.html_entity_map(frame["summary"]), **P.html_entity_map(frame["title"])}
+    assert P.html_entities_of(frame, ["summary", "title", "plain", "summary"]) == wanted
+    assert set(wanted) == {"&#8220;", "&#8221;", "&#x4E2D;", "&#20013;"}
+    assert P.html_entities_of(frame, ["plain"]) == {} and P.html_entities_of(frame.clear(), ["summary"]) == {}
+
+
 def test_clean_code_fullwidth():
     assert apply(P.clean_code, ["１３８００１３８０００", " a@b.cn "]) == ["13800138000", "a@b.cn"]
 

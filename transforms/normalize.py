@@ -400,10 +400,8 @@ def normalize_table(raw: pl.DataFrame, *, dialect: str, table: str, source_id: s
     frame = raw.cast(non_string) if non_string else raw  # type: ignore[arg-type]
 
     kinds = {c: column_kind(table, c) for c in spec.columns}
-    entities: dict[str, str] = {}
-    for c in spec.columns:
-        if c in found and kinds[c] in ("text", "code"):
-            entities.update(parse.html_entity_map(frame[found[c]]))
+    entities = parse.html_entities_of(frame, [found[c] for c in spec.columns
+                                              if c in found and kinds[c] in ("text", "code")])
     has_fw = parse.has_fullwidth(frame, {found[c] for c in spec.columns if c in found and kinds[c] in _HALFWIDTH})
     fast_enough = parse.fast_path_suffices(frame, {found[c]: kinds[c] for c in spec.columns
                                                    if c in found and kinds[c] in _FAST})
