@@ -126,6 +126,21 @@ class StateStore:
             ).scalar_one_or_none()
         return None if value is None else _utc(value)
 
+    def watermarks(self, source_id: str, before: date) -> dict[str, datetime]:
+        """{table → `watermark(source_id, table, before)`} for every table of the source that has one, in
+        one query (a query a table cost about 0.3 ms of Python each, ~670 a night)."""
+        latest = (
+            sa.select(watermarks.c.table_name, sa.func.max(watermarks.c.as_of).label("as_of"))
+            .where(watermarks.c.source_id == source_id, watermarks.c.as_of < before)
+            .group_by(watermarks.c.table_name)
+            .subquery()
+        )
+        query = sa.select(watermarks.c.table_name, watermarks.c.watermark).join(
+            latest, sa.and_(watermarks.c.table_name == latest.c.table_name, watermarks.c.as_of == latest.c.as_of)
+        ).where(watermarks.c.source_id == source_id)
+        with self.engine.connect() as c:
+            return {table: _utc(value) for table, value in c.execute(query)}
+
     def set_watermarks(self, source_id: str, as_of: date, values: dict[str, datetime], run_id: str) -> None:
         if not values:
             return

@@ -102,7 +102,8 @@ def extract_source(source: Source, state: StateStore, as_of: date, settings: Run
         if pulled.delivery and (previous := state.last_loaded_delivery(source.id, before=as_of)):
             pulled.previous_delivery, pulled.previous_run_id = previous
         return pulled
-    marks = {t: state.watermark(source.id, t, before=as_of) for t in native_tables(source.dialect)}
+    kept = state.watermarks(source.id, before=as_of)
+    marks = {t: kept.get(t) for t in native_tables(source.dialect)}
     return extract_sql(source, watermarks=marks, overlap=settings.overlap, now=datetime.now(UTC))
 
 

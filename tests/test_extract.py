@@ -84,6 +84,7 @@ def test_sqlite_rows_fetched_as_json_are_the_values_fetched_one_by_one(rows, bat
             plain = _fetch_frame(conn, query, ["a", "b"])
             assert_frame_equal(_frame(conn, query, ["a", "b"]), plain)
             assert_frame_equal(_frame(conn, query, ["a", "b"], sqlite_where=where or None), plain)
+            assert_frame_equal(_frame(conn, query, ["a", "b"], sqlite_where=where or None, table=table), plain)
             if not any(isinstance(v, bytes) for row in rows for v in row):  # all UTF-8: no plain fetch needed
                 assert _fetch_json_batches(conn, query, ["a", "b"]) is not None
                 assert _fetch_json_batches(conn, query, ["a", "b"], where or None) is not None
@@ -134,6 +135,7 @@ def test_sqlite_tables_without_rowids_are_fetched_plainly():
             query = sa.select(*[_as_text(c) for c in table.columns])
             columns = [c.name for c in table.columns]
             assert _fetch_json_batches(conn, query, columns) is None
+            assert _fetch_json_batches(conn, query, columns, table=table) is None
             assert _frame(conn, query, columns).height == (1 if name == "r" else 2)
     engine.dispose()
 
@@ -330,3 +332,13 @@ def test_state_watermarks_are_per_business_date(tmp_path):
     assert state.watermark("s", "persons", before=d2) == datetime(2026, 11, 28, tzinfo=UTC)
     assert state.watermark("s", "persons", before=date(2026, 11, 30)) == datetime(2026, 11, 29, tzinfo=UTC)
     assert state.watermark("s", "persons", before=d1) is None
+    # A source's watermarks together: each table's latest before the date, whatever the others have.
+    state.set_watermarks("s", d1, {"projects": datetime(2026, 11, 27, tzinfo=UTC)}, "r1")
+    state.set_watermarks("other", d2, {"projects": datetime(2026, 11, 26, tzinfo=UTC)}, "r3")
+    for before in (d1, d2, date(2026, 11, 30)):
+        assert state.watermarks("s", before=before) == {
+            t: w for t in ("persons", "projects", "milestones")
+            if (w := state.watermark("s", t, before=before)) is not None
+        }
+    assert state.watermarks("s", before=date(2026, 11, 30)) == {
+        "persons": datetime(2026, 11, 29, tzinfo=UTC), "projects": datetime(2026, 11, 27, tzinfo=UTC)}
