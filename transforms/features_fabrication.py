@@ -114,20 +114,21 @@ def _pairs_in_runs(keys_sorted: np.ndarray, max_offset: int) -> tuple[np.ndarray
 def _equal_key_pairs(key: np.ndarray, max_offset: int, key_bits: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Indices (a, b) into `key` of every pair of equal keys, a before b: each item paired with at most
     `max_offset` of the next items of its key in index order. What a stable sort and `_pairs_in_runs`
-    give, at the cost of NumPy's quicksort (a stable sort of 64-bit keys is a radix sort, 2-4x slower).
+    give, at the cost of an unstable sort (a stable sort of 64-bit keys is a radix sort, 2-4x slower).
     Keys of `key_bits` bits that fit in a 64-bit word with their index are sorted packed with it; wider
-    keys are quicksorted alone, and the items whose key repeats (usually a few per cent) are put back in
-    index order after it."""
+    keys are sorted alone, and the items whose key repeats (usually a few per cent) are put back in
+    index order after it. Polars sorts: on one core it takes half the time of NumPy's (25 against 48 ms
+    for the 649,000 keys of an LSH band at 96 × 1,000, 32 bands a night), and it uses both."""
     n = len(key)
     if n < 2:
         return np.empty(0, np.int64), np.empty(0, np.int64)
     index_bits = int(n - 1).bit_length()
     if key_bits + index_bits <= 64:
         packed = (key.astype(np.uint64) << _U64(index_bits)) | np.arange(n, dtype=np.uint64)
-        order = (np.sort(packed) & _U64((1 << index_bits) - 1)).astype(np.int64)
+        order = (pl.Series(packed).sort().to_numpy() & _U64((1 << index_bits) - 1)).astype(np.int64)
         p, q = _pairs_in_runs(key[order], max_offset)
         return order[p], order[q]
-    order = np.argsort(key)
+    order = pl.Series(key).arg_sort().to_numpy().astype(np.int64)
     sorted_keys = key[order]
     same = sorted_keys[1:] == sorted_keys[:-1]
     repeated = np.r_[same, False] | np.r_[False, same]
