@@ -257,6 +257,30 @@ def test_a_pending_digest_is_superseded_by_the_next(engine, tmp_path, monkeypatc
     assert len(list((tmp_path / "o").glob("*-digest-*.eml"))) == 1
 
 
+def test_a_state_database_from_before_the_indexes_gets_them_and_digests_are_found_through_them(engine, tmp_path):
+    with engine.begin() as c:  # as a state database made before the indexes were
+        c.exec_driver_sql("DROP INDEX outbox_messages_by_status")
+        c.exec_driver_sql("DROP INDEX outbox_items_by_message")
+    run(engine, dry_run=tmp_path / "o")  # sends tonight's digest
+    indexes = {i["name"]: i["column_names"] for t in ("outbox_messages", "outbox_items")
+               for i in sa.inspect(engine).get_indexes(t)}
+    assert indexes["outbox_messages_by_status"] == ["status", "kind", "as_of"]
+    assert indexes["outbox_items_by_message"] == ["message_id"]
+    # The next night asks which alerts went out in a digest: from the sent digests to their items, not
+    # every item to its digest (whose status SQLite reads through the digest's whole HTML each time).
+    nxt = AS_OF + timedelta(days=1)
+    statement = outbox.sent_digest_alerts(nxt).compile(engine, compile_kwargs={"literal_binds": True})
+    with engine.connect() as c:
+        plan = [r[-1] for r in c.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}")]
+        sent = set(c.execute(outbox.sent_digest_alerts(nxt)).scalars())
+    assert "outbox_messages_by_status" in plan[0] and "outbox_items_by_message" in plan[1], plan
+    digest_items = {m["message_id"] for m in messages(engine) if m["kind"] == "digest" and m["status"] == "sent"}
+    with engine.connect() as c:
+        carried = set(c.execute(sa.select(outbox.items.c.alert_id)
+                                .where(outbox.items.c.message_id.in_(digest_items))).scalars())
+    assert sent == carried and sent
+
+
 def test_no_address_anywhere_stays_pending_and_is_reported(engine, tmp_path):
     night, flags, s, _, q = night_inputs()
     src = sources().with_columns(steward_email=pl.lit(None, dtype=pl.String))
