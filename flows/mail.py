@@ -118,11 +118,13 @@ def smtp_config(env: dict[str, str] | None = None) -> SmtpConfig | None:
 
 @cache
 def _environments() -> tuple[Environment, Environment]:
+    # The templates are the package's own files: compiled once a process, not checked for changes at every
+    # email (auto_reload stats the file each time, about 0.3 ms, 1,600 reminders on a first night).
     loader = FileSystemLoader(str(TEMPLATES))
     html = Environment(loader=loader, autoescape=select_autoescape(["html", "j2"], default=True),
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, auto_reload=False)
     text = Environment(loader=loader, autoescape=False, undefined=StrictUndefined, trim_blocks=True,
-                       lstrip_blocks=True)
+                       lstrip_blocks=True, auto_reload=False)
     for env in (html, text):
         env.filters["na"] = lambda v: "—" if v is None or v == "" else v
         env.filters["label"] = lambda v: LABELS.get(v, v) if isinstance(v, str) else ("—" if v is None else v)
