@@ -5,10 +5,12 @@ masked the same way in a mart and in a mail.
 - Mobile numbers: `138****5678`. Also written with a country prefix (`+86`, `0086`, `86`) and with
   spaces or hyphens between the groups (`138-1234-5678`, `+86 138 1234 5678`); the prefix and the
   separators stay, the middle four digits go.
-- Resident ids, 18 characters: `110101********1234` (the birth date and the first sequence digit go).
-- Resident ids of the first generation, 15 digits (area, YYMMDD, sequence): `110101******123`. Only a
-  number shaped like one (an area code from 1 to 8, a real month and day) is masked, so that other
-  15-digit numbers stay readable.
+- Resident ids, 18 characters: `110101********1234` (the birth date goes). Also written in groups, with a
+  space or a hyphen between them: area, birth date, sequence (`110101 ******** 1234`) or area, year, month
+  and day, sequence (`110101-****-****-1234`).
+- Resident ids of the first generation, 15 digits (area, YYMMDD, sequence): `110101******123`, also in
+  groups (`110101 ****** 123`). Only a number shaped like one (an area code from 1 to 8, a real month and
+  day) is masked, so that other 15-digit numbers stay readable.
 
 Digits may be full-width (contract §6: `８５％`): a number written so is the same number. A number
 glued to letters or other digits (`x13812345678`, `order 1381234567890`) is part of a code, not a phone.
@@ -29,24 +31,34 @@ _PREFIX = f"(?:(?:[+＋]|00)?[8８][6６]{_SEP})?"  # China's country code
 _MONTH = "(?:[0０][1-9１-９]|[1１][0-2０-２])"
 _DAY = "(?:[0０][1-9１-９]|[1-2１-２][0-9０-９]|[3３][0-1０-１])"
 
-# (pattern, how many groups it keeps, how many of them come before the mask, the mask)
-_RULES: list[tuple[str, int, int, str]] = [
+_GAP = "[-－ \u3000]"  # between the groups of a written resident id
+_CHECK = "[0-9０-９XxＸｘ]"  # the last character of an 18-character id
+
+# (pattern, replacement: the numbers of the groups it keeps, in order, and the masks between them)
+_RULES: list[tuple[str, tuple[int | str, ...]]] = [
     # boundary, prefix + first three, separator | masked four | separator, last four, boundary
-    (rf"(^|{_B})({_PREFIX}[1１][3-9３-９]{_D})({_SEP}){_D}{{4}}({_SEP})({_D}{{4}})($|{_B})", 6, 3, "****"),
-    # boundary, area | birth date and first sequence digit | three last, boundary
-    (rf"(^|{_B})({_D}{{6}}){_D}{{8}}({_D}{{3}}[0-9０-９XxＸｘ])($|{_B})", 4, 2, "********"),
-    # boundary, area | YYMMDD | sequence, boundary
-    (rf"(^|{_B})([1-8１-８]{_D}{{5}}){_D}{{2}}{_MONTH}{_DAY}({_D}{{3}})($|{_B})", 4, 2, "******"),
+    (rf"(^|{_B})({_PREFIX}[1１][3-9３-９]{_D})({_SEP}){_D}{{4}}({_SEP})({_D}{{4}})($|{_B})",
+     (1, 2, 3, "****", 4, 5, 6)),
+    # boundary, area | birth date | sequence and check, boundary
+    (rf"(^|{_B})({_D}{{6}}){_D}{{8}}({_D}{{3}}{_CHECK})($|{_B})", (1, 2, "********", 3, 4)),
+    # the same in three groups (area, birth date, sequence) ...
+    (rf"(^|{_B})({_D}{{6}})({_GAP}){_D}{{8}}({_GAP})({_D}{{3}}{_CHECK})($|{_B})", (1, 2, 3, "********", 4, 5, 6)),
+    # ... or in four (area, year, month and day, sequence)
+    (rf"(^|{_B})({_D}{{6}})({_GAP}){_D}{{4}}({_GAP}){_D}{{4}}({_GAP})({_D}{{3}}{_CHECK})($|{_B})",
+     (1, 2, 3, "****", 4, "****", 5, 6, 7)),
+    # boundary, area | YYMMDD | sequence, boundary; and in three groups
+    (rf"(^|{_B})([1-8１-８]{_D}{{5}}){_D}{{2}}{_MONTH}{_DAY}({_D}{{3}})($|{_B})", (1, 2, "******", 3, 4)),
+    (rf"(^|{_B})([1-8１-８]{_D}{{5}})({_GAP}){_D}{{2}}{_MONTH}{_DAY}({_GAP})({_D}{{3}})($|{_B})",
+     (1, 2, 3, "******", 4, 5, 6)),
 ]
 
 
-def _template(groups: int, mask_after: int, mask: str, ref: str) -> str:
-    parts = [ref.format(g) for g in range(1, groups + 1)]
-    return "".join(parts[:mask_after]) + mask + "".join(parts[mask_after:])
+def _template(parts: tuple[int | str, ...], ref: str) -> str:
+    return "".join(ref.format(p) if isinstance(p, int) else p for p in parts)
 
 
-_EXPR_RULES = [(p, _template(n, at, m, "${{{}}}")) for p, n, at, m in _RULES]
-_TEXT_RULES = [(re.compile(p), _template(n, at, m, r"\g<{}>")) for p, n, at, m in _RULES]
+_EXPR_RULES = [(p, _template(parts, "${{{}}}")) for p, parts in _RULES]
+_TEXT_RULES = [(re.compile(p), _template(parts, r"\g<{}>")) for p, parts in _RULES]
 
 # Every number the rules mask holds three digits, maybe a separator, then four digits. A column none of
 # whose values does needs none of the six passes of the rules (most columns of a mart: codes, names,
