@@ -481,9 +481,10 @@ def release_freed_memory(collect: bool = True) -> None:
     """Give back to the system what the night has freed, between its heavy steps: the free pages glibc
     keeps in each thread's heap (~200 MB at the start of the cross-source stage at 96 × 5,000) and,
     with `collect`, cyclic garbage first (~160 MB there). The cross-source stage then starts from what
-    is live, not from the peak of what came before. A collection costs 0.1–0.3 s in a process holding
-    GX and Prefect, so between rules (whose arrays go by reference counting) only the trim runs
-    (about a millisecond). Polars' own allocator hands its pages back by itself, within seconds."""
+    is live, not from the peak of what came before. A collection cost 0.1–0.3 s in a process holding
+    GX and Prefect before `load_validation` froze their objects (milliseconds since), and between rules
+    (whose arrays go by reference counting) only the trim runs (about a millisecond). Polars' own
+    allocator hands its pages back by itself, within seconds."""
     if collect:
         gc.collect()
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim this way
