@@ -180,7 +180,7 @@ def _fetch_json_batches(conn: sa.Connection, query: sa.Select, columns: list[str
             values = {**params, "start": start, "rows": JSON_BATCH_ROWS}
             return conn.exec_driver_sql(sql, tuple(values[p] for p in positions)).one()
     else:
-        statement = _json_batch_statement(query)
+        statement = _json_batch_statement(query, froms[0])
 
         def batch(start: int) -> sa.Row:
             return conn.execute(statement, {"start": start, "rows": JSON_BATCH_ROWS}).one()
@@ -227,12 +227,12 @@ def _json_batch_sql(table: str, columns: tuple[str, ...], where: str | None) -> 
     query = sa.select(*[_as_text(c) for c in source.columns])
     if where is not None:
         query = query.where(sa.literal_column(where, sa.Boolean))
-    compiled = _json_batch_statement(query).compile(dialect=sqlite_dialect())
+    compiled = _json_batch_statement(query, source).compile(dialect=sqlite_dialect())
     return str(compiled), tuple(compiled.positiontup or ()), dict(compiled.params)
 
 
-def _json_batch_statement(query: sa.Select) -> sa.Select:
-    """A batch of `_fetch_json_batches`: the rows of `query` (one table's columns, cast to text) from rowid
+def _json_batch_statement(query: sa.Select, table: sa.TableClause) -> sa.Select:
+    """A batch of `_fetch_json_batches`: the rows of `query` (columns of `table`, cast to text) from rowid
     `start` on, at most `rows` of them, as one string of JSON; with the greatest rowid and the count."""
     rowid = sa.literal_column("rowid")
     values = [c.element if isinstance(c, sa.Label) else c for c in query.selected_columns]
@@ -243,7 +243,7 @@ def _json_batch_statement(query: sa.Select) -> sa.Select:
         condition = sa.and_(sa.Grouping(query.whereclause), condition)
     rows = (
         sa.select(sa.func.json_array(sa.cast(rowid, sa.Text), *values).label("r"), rowid.label("id"))
-        .select_from(query.columns_clause_froms[0]).where(condition).order_by(rowid).limit(sa.bindparam("rows"))
+        .select_from(table).where(condition).order_by(rowid).limit(sa.bindparam("rows"))
         .subquery()
     )
     # (group_concat: a subquery's JSON reaches an aggregate as text, which json_group_array would quote)
