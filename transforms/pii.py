@@ -26,12 +26,12 @@ import polars as pl
 
 _D = "[0-9０-９]"  # a digit
 _B = "[^0-9A-Za-z０-９Ａ-Ｚａ-ｚ]"  # a character that bounds a number
-_SEP = "[-－ \u3000]?"  # between the groups of a written mobile number
+_GAP = "[-－ \u3000]"  # between the groups of a written number: always in a resident id written so
+_SEP = f"{_GAP}?"  # and maybe in a mobile number
 _PREFIX = f"(?:(?:[+＋]|00)?[8８][6６]{_SEP})?"  # China's country code
 _MONTH = "(?:[0０][1-9１-９]|[1１][0-2０-２])"
 _DAY = "(?:[0０][1-9１-９]|[1-2１-２][0-9０-９]|[3３][0-1０-１])"
 
-_GAP = "[-－ \u3000]"  # between the groups of a written resident id
 _CHECK = "[0-9０-９XxＸｘ]"  # the last character of an 18-character id
 
 # (pattern, replacement: the numbers of the groups it keeps, in order, and the masks between them)
