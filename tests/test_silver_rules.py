@@ -320,6 +320,50 @@ def test_rules_side_by_side_give_the_flags_of_rules_one_at_a_time():
     assert side_by_side.sort(order).equals(one_at_a_time.sort(order))
 
 
+def test_a_frame_several_rules_share_is_built_once_a_night_and_let_go_of_after_the_last():
+    """T1, T2 and T3 read every report's evidence figures: a night builds them once (also with two rules
+    at a time, where a rule asking while another builds waits for it), and holds them no longer than
+    the last of those rules; the flags are those of each rule building its own."""
+    from expectations.rules import base, rule_flags, rule_modules
+    from expectations.rules.base import RuleContext, SharedFrames, run_rule
+    from expectations.settings import rule_params
+
+    held = resolve_references(_evidence_rule_city())
+    sharing = {m.RULE_ID for m in rule_modules() if base.REPORTS_WITH_EVIDENCE_FIGURES in getattr(m, "SHARES", ())}
+    assert sharing == {"T1", "T2", "T3"}
+    built = []
+    original = base._reports_with_evidence_figures
+
+    def counting(ctx):
+        built.append(1)
+        return original(ctx)
+
+    base._reports_with_evidence_figures = counting
+    try:
+        for in_flight in (1, 2):
+            built.clear()
+            flags = rule_flags(RuleContext(held, AS_OF), Validator(), only=sharing | {"T4"}, in_flight=in_flight)
+            assert len(built) == 1, in_flight
+        built.clear()
+        alone = pl.concat([run_rule(m, RuleContext(held, AS_OF), Validator(), rule_params(m.RULE_ID, m.PARAMS))
+                           for m in rule_modules() if m.RULE_ID in sharing | {"T4"}])
+        assert len(built) == len(sharing)  # no SharedFrames: each rule its own
+    finally:
+        base._reports_with_evidence_figures = original
+    order = ["rule_id", "source_id", "entity_id", "detail"]
+    assert set(flags["rule_id"]) >= {"T1", "T3"}
+    assert flags.sort(order).equals(alone.sort(order))
+
+    frames = SharedFrames({"f": 2, "unused": 0})
+    made = []
+    first = frames.get("f", lambda: made.append(1) or pl.DataFrame({"x": [1]}))
+    assert frames.held == ["f"]
+    assert frames.get("f", lambda: made.append(1) or pl.DataFrame({"x": [2]})) is first
+    assert made == [1] and frames.held == []  # the last user has it: not held any longer
+    assert frames.get("unused", lambda: pl.DataFrame({"x": [3]}))["x"].to_list() == [3]
+    assert frames.held == []
+
+
 def test_a_rule_reads_the_columns_silver_does_not_hold_from_storage(tmp_path):
     """Report summaries are not held for the whole city: `by_source(fn, columns=...)` reads them for the
     shard when a rule asks (F6), joined by key onto the frame the night holds (whose references are

@@ -13,6 +13,8 @@ A rule is one module under `expectations/rules/` (`t1_evidence_count.py`, …) e
   unexpected rows only — the figures a person needs to judge the flag without opening the code.
 - optionally `LONG_RUNNING = True`: the rule takes several times as long as most (it reads every
   summary or every evidence row's content hashes), so it is started first when rules run side by side.
+- optionally `SHARES`: the names of the frames it reads through `RuleContext.shared` (see `SharedFrames`),
+  so that a night builds each once for all the rules that read it.
 
 Thresholds are the module's `PARAMS` (value and reason side by side); one settings file may override
 them (`expectations/settings.py`).
@@ -20,6 +22,7 @@ them (`expectations/settings.py`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -42,6 +45,14 @@ class RuleContext:
     as_of: date
     # where a rule keeps per-entity results between nights (warehouse.kept); None: every night from scratch
     kept: KeptStore | None = None
+    # the frames several of tonight's rules read alike (`SharedFrames`); None: each rule builds its own
+    frames: SharedFrames | None = None
+
+    def shared(self, name: str, build: Callable[[RuleContext], pl.DataFrame]) -> pl.DataFrame:
+        """`build(self)`, built once a night for every rule that declares `name` in its `SHARES`."""
+        if self.frames is None:
+            return build(self)
+        return self.frames.get(name, lambda: build(self))
 
     def table(self, name: str) -> pl.DataFrame:
         """A held table (every source). The evidence of a `CitySilver` is not held: `by_source`."""
@@ -62,10 +73,50 @@ class RuleContext:
         return by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of, self.kept)), columns)
 
 
+class SharedFrames:
+    """Frames that several rules read alike from the same silver, built once a night.
+
+    T1, T2 and T3 each judge every report by its evidence figures; built for each, those figures cost about
+    a second apiece at 96 × 1,000 (every evidence row read and grouped three times). `users` counts, for
+    each frame, the rules of tonight that read it (their `SHARES`): the first to ask builds it, while a rule
+    asking at the same time waits rather than build it again, and the last lets go of it, so that it is not
+    held through the rules after them. A name no rule of tonight declares is built for its caller alone."""
+
+    def __init__(self, users: Mapping[str, int]):
+        self._users = {name: n for name, n in users.items() if n > 0}
+        self._locks = {name: threading.Lock() for name in self._users}
+        self._frames: dict[str, pl.DataFrame] = {}
+
+    def get(self, name: str, build: Callable[[], pl.DataFrame]) -> pl.DataFrame:
+        lock = self._locks.get(name)
+        if lock is None:
+            return build()
+        with lock:
+            frame = self._frames.pop(name, None)
+            if frame is None:
+                frame = build()
+            self._users[name] -= 1
+            if self._users[name] > 0:
+                self._frames[name] = frame
+            return frame
+
+    @property
+    def held(self) -> list[str]:
+        return sorted(self._frames)
+
+
+REPORTS_WITH_EVIDENCE_FIGURES = "reports_with_evidence_figures"
+
+
 def reports_with_evidence_figures(ctx: RuleContext) -> pl.DataFrame:
     """Every report with its stage and its evidence figures (`transforms.features_traces.
     reports_with_evidence`), built source by source: evidence is not held, and the joins that give a
-    report its stage copy wide frames, a shard at a time rather than millions of reports at once."""
+    report its stage copy wide frames, a shard at a time rather than millions of reports at once. Shared
+    by the rules that declare `REPORTS_WITH_EVIDENCE_FIGURES` (`SharedFrames`)."""
+    return ctx.shared(REPORTS_WITH_EVIDENCE_FIGURES, _reports_with_evidence_figures)
+
+
+def _reports_with_evidence_figures(ctx: RuleContext) -> pl.DataFrame:
     from transforms.features_traces import (
         EVIDENCE_PER_REPORT_COLUMNS,
         evidence_per_report,

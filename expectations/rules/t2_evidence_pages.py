@@ -13,13 +13,19 @@ from typing import Any
 import polars as pl
 
 from expectations.gx_runner import Check
-from expectations.rules.base import RuleContext, reports_with_evidence_figures, within_threshold
+from expectations.rules.base import (
+    REPORTS_WITH_EVIDENCE_FIGURES,
+    RuleContext,
+    reports_with_evidence_figures,
+    within_threshold,
+)
 from expectations.settings import Param
 from transforms.features_traces import fence_detail_fields, robust_fence
 
 RULE_ID = "T2"
 ENTITY_TYPE = "report"
 ID_COLUMN = "report_id"
+SHARES = (REPORTS_WITH_EVIDENCE_FIGURES,)
 
 PARAMS: dict[str, Param] = {
     "scale": Param(

@@ -16,12 +16,13 @@ import great_expectations as gx
 import polars as pl
 
 from expectations.gx_runner import Check
-from expectations.rules.base import RuleContext, reports_with_evidence_figures
+from expectations.rules.base import REPORTS_WITH_EVIDENCE_FIGURES, RuleContext, reports_with_evidence_figures
 from expectations.settings import Param
 
 RULE_ID = "T3"
 ENTITY_TYPE = "report"
 ID_COLUMN = "report_id"
+SHARES = (REPORTS_WITH_EVIDENCE_FIGURES,)
 
 PARAMS: dict[str, Param] = {
     "min_items": Param(
