@@ -429,12 +429,13 @@ def evaluate(
     flags = pl.concat([
         c1_flags(validator, [s.id for s in registry.sources], problems),
         c2_flags_from_quarantine(quarantine),
-        contract_suite_flags(validator, silver),
         c4_flags(freshness(silver, registry, outcomes), as_of, contract_settings or ContractSettings()),
         deadline_flags(silver, as_of),
+        # The contract suite is mostly GX in pandas, on one core: it runs beside the rules, not before them.
         rule_flags(RuleContext(silver, as_of, KeptStore(layout.kept)), validator,
                    after_each=lambda: release_freed_memory(collect=False),
-                   in_flight=1 if silver.sharded else RULES_IN_FLIGHT),
+                   in_flight=1 if silver.sharded else RULES_IN_FLIGHT,
+                   beside=functools.partial(contract_suite_flags, validator, silver)),
     ]).unique(maintain_order=True)
     if own:
         validator.close()

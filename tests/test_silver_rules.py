@@ -364,6 +364,54 @@ def test_a_frame_several_rules_share_is_built_once_a_night_and_let_go_of_after_t
     assert frames.held == []
 
 
+def test_the_contract_suite_runs_beside_the_rules_after_the_long_running_ones_start():
+    """`beside` (the night's contract suite) comes first in the flags; one rule at a time it runs before
+    them, side by side it starts right after the long-running rules (F6 is the night's longest)."""
+    import threading
+
+    from expectations.rules import rule_flags, rule_modules
+    from expectations.rules.base import RuleContext
+
+    held = resolve_references(_evidence_rule_city())
+    broken = resolve_references(silver())  # dangling references: C3 flags
+    beside_flags = contract_suite_flags(Validator(), broken)
+    assert not beside_flags.is_empty()
+    long_running = {m.RULE_ID for m in rule_modules() if getattr(m, "LONG_RUNNING", False)}
+    assert "F6" in long_running
+    for in_flight in (1, 2):
+        started: list[str] = []
+        lock = threading.Lock()
+        modules = rule_modules()
+        originals = {m: m.features for m in modules}
+
+        def recording(module, started=started, lock=lock, originals=originals):
+            def features(ctx, params):
+                with lock:
+                    started.append(module.RULE_ID)
+                return originals[module](ctx, params)
+            return features
+
+        def contract(started=started, lock=lock):
+            with lock:
+                started.append("contract")
+            return contract_suite_flags(Validator(), broken)
+
+        try:
+            for m in modules:
+                m.features = recording(m)
+            flags = rule_flags(RuleContext(held, AS_OF), Validator(), in_flight=in_flight, beside=contract)
+        finally:
+            for m in modules:
+                m.features = originals[m]
+        if in_flight == 1:
+            assert started[0] == "contract"
+        else:
+            assert set(started[: len(long_running)]) == long_running
+            assert started.index("contract") <= len(long_running)
+        assert flags.head(beside_flags.height).sort(flags.columns).equals(beside_flags.sort(flags.columns))
+        assert set(flags.slice(beside_flags.height)["rule_id"]) >= {"T1", "F2"}
+
+
 def test_a_rule_reads_the_columns_silver_does_not_hold_from_storage(tmp_path):
     """Report summaries are not held for the whole city: `by_source(fn, columns=...)` reads them for the
     shard when a rule asks (F6), joined by key onto the frame the night holds (whose references are

@@ -36,7 +36,8 @@ def rule_modules() -> list[ModuleType]:
 
 
 def rule_flags(ctx: RuleContext, validator: Validator, only: set[str] | None = None,
-               after_each: Callable[[], None] | None = None, in_flight: int = 1) -> pl.DataFrame:
+               after_each: Callable[[], None] | None = None, in_flight: int = 1,
+               beside: Callable[[], pl.DataFrame] | None = None) -> pl.DataFrame:
     """Every rule's flags for tonight (or those in `only`), in rule order; `after_each()` runs after
     each rule. `in_flight` rules run side by side, the long-running ones (`LONG_RUNNING`) first.
 
@@ -44,7 +45,11 @@ def rule_flags(ctx: RuleContext, validator: Validator, only: set[str] | None = N
     core; two rules at a time keep both cores busy (96 × 1,000: 37 s → 29 s for all rules, +0.4 GiB at
     the highest point). Their figures do not depend on it: each rule reads silver and writes nothing
     another reads, and GX runs one suite at a time (`Validator`). The frames several rules read alike
-    (`SHARES`) are built once, for all of them (`SharedFrames`)."""
+    (`SHARES`) are built once, for all of them (`SharedFrames`).
+
+    `beside`: another job of the night over the same silver (the contract suite), whose frame comes first
+    in the result. It runs before the rules one at a time; side by side, right after the long-running
+    rules have started, so that it does not hold back the longest of them."""
 
     modules = [m for m in rule_modules() if not only or m.RULE_ID in only]
     ctx = replace(ctx, frames=SharedFrames(Counter(name for m in modules for name in getattr(m, "SHARES", ()))))
@@ -58,10 +63,19 @@ def rule_flags(ctx: RuleContext, validator: Validator, only: set[str] | None = N
             after_each()
         return flags
 
-    if in_flight <= 1 or len(modules) < 2:
-        return pl.concat([empty_flags(), *(one(m) for m in modules)])
+    first = [] if beside is None else [beside]
+    if in_flight <= 1 or len(modules) + len(first) < 2:
+        return pl.concat([empty_flags(), *(job() for job in first), *(one(m) for m in modules)])
     # The longest first: started last, a long rule would run on alone at the end, on one core.
-    started_first = sorted(modules, key=lambda m: not getattr(m, "LONG_RUNNING", False))
+    long_running = [m for m in modules if getattr(m, "LONG_RUNNING", False)]
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="rule") as pool:
-        futures = {m.__name__: pool.submit(one, m) for m in started_first}
-        return pl.concat([empty_flags(), *(futures[m.__name__].result() for m in modules)])
+        futures = {m.__name__: pool.submit(one, m) for m in long_running}
+        jobs = [pool.submit(job) for job in first]
+        futures |= {m.__name__: pool.submit(one, m) for m in modules if m.__name__ not in futures}
+        try:
+            return pl.concat([empty_flags(), *(f.result() for f in jobs),
+                              *(futures[m.__name__].result() for m in modules)])
+        except BaseException:
+            for f in [*jobs, *futures.values()]:  # the night stops: what has not begun need not run
+                f.cancel()
+            raise
