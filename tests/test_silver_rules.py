@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -278,17 +280,12 @@ def test_rules_reduce_evidence_source_by_source_as_over_the_whole_city(tmp_path,
     assert sharded.sort(order).equals(whole.sort(order))
 
 
-def test_rules_side_by_side_give_the_flags_of_rules_one_at_a_time():
-    """Two rules at a time (the night's default for a city held whole) flag the same rows with the same
-    figures, in the same rule order, and the long-running rules are started first."""
-    import threading
+@contextmanager
+def _rule_starts():
+    """The order in which the rules (and whatever else appends to the list) start, while inside."""
+    from expectations.rules import rule_modules
 
-    from expectations.rules import rule_flags, rule_modules
-    from expectations.rules.base import RuleContext
-
-    held = resolve_references(_evidence_rule_city())
     started: list[str] = []
-    after = []
     lock = threading.Lock()
     modules = rule_modules()
     originals = {m: m.features for m in modules}
@@ -303,11 +300,24 @@ def test_rules_side_by_side_give_the_flags_of_rules_one_at_a_time():
     try:
         for m in modules:
             m.features = recording(m)
-        side_by_side = rule_flags(RuleContext(held, AS_OF), Validator(), in_flight=2,
-                                  after_each=lambda: after.append(1))
+        yield started, lock
     finally:
         for m in modules:
             m.features = originals[m]
+
+
+def test_rules_side_by_side_give_the_flags_of_rules_one_at_a_time():
+    """Two rules at a time (the night's default for a city held whole) flag the same rows with the same
+    figures, in the same rule order, and the long-running rules are started first."""
+    from expectations.rules import rule_flags, rule_modules
+    from expectations.rules.base import RuleContext
+
+    held = resolve_references(_evidence_rule_city())
+    after = []
+    modules = rule_modules()
+    with _rule_starts() as (started, _):
+        side_by_side = rule_flags(RuleContext(held, AS_OF), Validator(), in_flight=2,
+                                  after_each=lambda: after.append(1))
     one_at_a_time = rule_flags(RuleContext(held, AS_OF), Validator())
     assert len(after) == len(modules)
     long_running = [m.RULE_ID for m in modules if getattr(m, "LONG_RUNNING", False)]
@@ -367,8 +377,6 @@ def test_a_frame_several_rules_share_is_built_once_a_night_and_let_go_of_after_t
 def test_the_contract_suite_runs_beside_the_rules_after_the_long_running_ones_start():
     """`beside` (the night's contract suite) comes first in the flags; one rule at a time it runs before
     them, side by side it starts right after the long-running rules (F6 is the night's longest)."""
-    import threading
-
     from expectations.rules import rule_flags, rule_modules
     from expectations.rules.base import RuleContext
 
@@ -379,30 +387,13 @@ def test_the_contract_suite_runs_beside_the_rules_after_the_long_running_ones_st
     long_running = {m.RULE_ID for m in rule_modules() if getattr(m, "LONG_RUNNING", False)}
     assert "F6" in long_running
     for in_flight in (1, 2):
-        started: list[str] = []
-        lock = threading.Lock()
-        modules = rule_modules()
-        originals = {m: m.features for m in modules}
-
-        def recording(module, started=started, lock=lock, originals=originals):
-            def features(ctx, params):
+        with _rule_starts() as (started, lock):
+            def contract(started=started, lock=lock):
                 with lock:
-                    started.append(module.RULE_ID)
-                return originals[module](ctx, params)
-            return features
+                    started.append("contract")
+                return contract_suite_flags(Validator(), broken)
 
-        def contract(started=started, lock=lock):
-            with lock:
-                started.append("contract")
-            return contract_suite_flags(Validator(), broken)
-
-        try:
-            for m in modules:
-                m.features = recording(m)
             flags = rule_flags(RuleContext(held, AS_OF), Validator(), in_flight=in_flight, beside=contract)
-        finally:
-            for m in modules:
-                m.features = originals[m]
         if in_flight == 1:
             assert started[0] == "contract"
         else:
