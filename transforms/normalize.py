@@ -400,14 +400,15 @@ def normalize_table(raw: pl.DataFrame, *, dialect: str, table: str, source_id: s
     frame = raw.cast(non_string) if non_string else raw  # type: ignore[arg-type]
 
     kinds = {c: column_kind(table, c) for c in spec.columns}
-    entities = parse.html_entities_of(frame, [found[c] for c in spec.columns
-                                              if c in found and kinds[c] in ("text", "code")])
-    has_fw = parse.has_fullwidth(frame, {found[c] for c in spec.columns if c in found and kinds[c] in _HALFWIDTH})
-    fast_enough = parse.fast_path_suffices(frame, {found[c]: kinds[c] for c in spec.columns
-                                                   if c in found and kinds[c] in _FAST})
-    plan = _plan(dialect, table, tuple(raw.columns), tuple(found.items()), tuple(sorted(entities.items())),
-                 tuple(has_fw.get(found.get(c, ""), False) for c in spec.columns),
-                 tuple(not fast_enough.get(found.get(c, ""), True) for c in spec.columns))
+    probed = parse.probe(
+        frame,
+        entities=[found[c] for c in spec.columns if c in found and kinds[c] in ("text", "code")],
+        fullwidth=[found[c] for c in spec.columns if c in found and kinds[c] in _HALFWIDTH],
+        fast={found[c]: kinds[c] for c in spec.columns if c in found and kinds[c] in _FAST},
+    )
+    plan = _plan(dialect, table, tuple(raw.columns), tuple(found.items()), tuple(sorted(probed.entities.items())),
+                 tuple(probed.fullwidth.get(found.get(c, ""), False) for c in spec.columns),
+                 tuple(not probed.fast_enough.get(found.get(c, ""), True) for c in spec.columns))
     # The in-memory engine: the streaming one (Polars' default) costs a few ms more to set up per query,
     # most of the cost of a small table, is ~20% slower on 10k rows and no faster on 1M rows (with more
     # memory: the global sort needs the whole frame anyway).
