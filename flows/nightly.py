@@ -1,12 +1,11 @@
-"""The nightly Prefect flow: a task per source (its extraction a nested task), then the cross-source
-stages once.
+"""The nightly Prefect flow: a task per source, then the cross-source stages once.
 
 Works on Prefect's ephemeral API (no server) for `qingfeng run`; `qingfeng serve` (flows.serve)
 schedules the same flow on a Prefect server.
 
 Faults stay with their source: extraction raises on a source server it cannot read, so that Prefect's
-retries (exponential backoff) and per-attempt timeout apply; the last failure reaches the bronze stage as
-an exception and becomes that source's failed outcome (C1, and C4 while the marts keep
+retries of the source's task (exponential backoff) apply, each attempt's extraction under the timeout; the
+last failure reaches the bronze stage as an exception and becomes that source's failed outcome (C1, and C4 while the marts keep
 its earlier data). The others complete, and the flow run ends "Completed with failures", naming them.
 
 Task runner: threads (`QINGFENG_MAX_WORKERS`, default 4) or, with `QINGFENG_DASK` set to a scheduler
@@ -30,7 +29,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.runtime import task_run as task_run_info  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-from prefect.tasks import exponential_backoff  # noqa: E402
+from prefect.tasks import Task, exponential_backoff  # noqa: E402
+from prefect.utilities.timeout import timeout  # noqa: E402
 
 from flows import progress, steps  # noqa: E402
 from flows.extract import Pulled  # noqa: E402
@@ -41,16 +41,6 @@ from warehouse.layout import Layout  # noqa: E402
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 
 
-class _ThreadTimeoutNotice(logging.Filter):
-    """Prefect warns, on every task run, that a timeout cannot interrupt a worker thread mid-call. Known
-    and accepted (see README: the timeout takes effect between the extraction's queries; connecting is
-    bounded by the driver's connect_timeout): once in the docs, not 96 times a night in the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "but the task is running in a worker thread" not in record.getMessage()
-
-
-logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 # The pipeline's own progress lines (each rule's flags and seconds, …) are INFO, and shown with the run's
 # log (PREFECT_LOGGING_EXTRA_LOGGERS=qingfeng also hands them to Prefect's API log handler).
 logging.getLogger("qingfeng").setLevel(logging.INFO)
@@ -75,15 +65,17 @@ def today_shanghai() -> date:
     return datetime.now(SHANGHAI).date()
 
 
-# Every task has side effects and must run each time (NO_CACHE); Prefect's default cache policy would also
-# hash each task's inputs to make a cache key nobody uses.
-@task(name="extract", task_run_name="extract-{source.id}", cache_policy=NO_CACHE)
-def extract_task(source: Source, state_url: str, as_of: date, settings: steps.RunSettings):
-    attempt = task_run_info.run_count or 1
+def _extract_and_report(source: Source, state_url: str, as_of: date, settings: steps.RunSettings,
+                        attempt: int) -> tuple[steps.SourceOutcome, Pulled | None]:
+    """Attempt `attempt` at extracting `source`, under the timeout; a source server that cannot be read
+    raises, carrying the attempts so far."""
     progress.report(source.id, "extract", "running" if attempt == 1 else "retrying", f"attempt {attempt}")
     state = StateStore(state_url)
     try:
-        extracted = steps.extract_stage(source, state, as_of, settings, raise_transient=True)
+        # Prefect's own timeout, as it times a task: on a worker thread it takes effect between the
+        # extraction's queries (see README).
+        with timeout(settings.extract_timeout_seconds or None):
+            extracted = steps.extract_stage(source, state, as_of, settings, raise_transient=True)
     except Exception as e:
         e.attempts = attempt  # type: ignore[attr-defined]
         if attempt <= settings.extract_retries:
@@ -141,26 +133,35 @@ def _normalize_and_report(
     return outcome
 
 
+# Every task has side effects and must run each time (NO_CACHE); Prefect's default cache policy would also
+# hash each task's inputs to make a cache key nobody uses.
 @task(name="source", task_run_name="source-{source.id}", cache_policy=NO_CACHE)
 def source_task(source: Source, warehouse: str, state_url: str, as_of: date, run_id: str,
                 settings: steps.RunSettings) -> steps.SourceOutcome:
-    """One source's night: extract (a nested task run: retried with backoff, each attempt under the
-    timeout), then bronze and normalize in this task (their seconds are in the run records and the
-    progress display; a task run each would cost the Prefect API more than they take). An extraction that
-    still fails reaches the bronze stage as its exception, which becomes the source's failed outcome; the
-    other sources go on."""
-    extract = extract_task.with_options(
-        retries=settings.extract_retries,
-        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds)
-        if settings.extract_retries else 0,
-        timeout_seconds=settings.extract_timeout_seconds or None,
-    )
+    """One source's night: extract, then bronze and normalize (their seconds are in the run records and
+    the progress display). An extraction that fails is retried by running the task again
+    (`with_retries`: with backoff, each attempt's extraction under the timeout); nothing is landed before
+    it succeeds. One that still fails reaches the bronze stage as its exception, which becomes the source's
+    failed outcome; the other sources go on. (The extraction was a nested task run of its own: Prefect's
+    server spends about 25 ms of CPU on each task run, beside the night, on the same machine.)"""
+    attempt = task_run_info.run_count or 1
     try:
-        extracted = extract(source, state_url, as_of, settings)
-    except Exception as e:  # noqa: BLE001 — retries spent or timed out: the source's failure, not the night's
+        extracted = _extract_and_report(source, state_url, as_of, settings, attempt)
+    except Exception as e:  # noqa: BLE001 — retries spent: the source's failure, not the night's
+        if attempt <= settings.extract_retries:
+            raise  # Prefect runs the task again after the backoff
         extracted = e
     landed = _land_and_report(extracted, source, warehouse, run_id, settings)
     return _normalize_and_report(landed, source, warehouse, state_url, as_of, run_id)
+
+
+def with_retries(source: Task, settings: steps.RunSettings) -> Task:
+    """`source_task` retried `extract_retries` times after `retry_backoff_seconds`, doubling."""
+    return source.with_options(
+        retries=settings.extract_retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds)
+        if settings.extract_retries else 0,
+    )
 
 
 @task(name="rules-and-marts", cache_policy=NO_CACHE)
@@ -241,7 +242,8 @@ def nightly(sources_file: str, warehouse: str, as_of: date | None = None, overla
 
     # One task a source, running that source's extract → bronze → normalize tasks one after the other:
     # a worker holds one source's raw rows at a time, so memory grows with the workers, not the city.
-    futures = {s.id: source_task.submit(s, str(layout.root), state_url, as_of, run_id, settings)
+    one_source = with_retries(source_task, settings)
+    futures = {s.id: one_source.submit(s, str(layout.root), state_url, as_of, run_id, settings)
                for s in registry.sources}
     try:  # while the sources are in flight, this thread has nothing else to do
         steps.load_validation()

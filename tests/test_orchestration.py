@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
 import pytest
+import sqlalchemy as sa
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -136,6 +138,48 @@ def test_postgres_stopped_mid_run_is_isolated(pg_server, tmp_path, monkeypatch):
     assert set(failed_pg) <= set(st.failing) and set(failed_pg) <= set(st.stale)
     assert st.nights["status"][0] == "completed with failures"
 
+
+class _Hang:
+    """Makes every query to one SQLite file wait (in steps of 50 ms, so that a timeout can break in) until
+    `seconds` have passed; records how each wait ended."""
+
+    def __init__(self, path: str, seconds: float):
+        self.path, self.seconds, self.waits = path, seconds, []
+
+    def __call__(self, conn, cursor, statement, parameters, context, executemany):
+        if not (conn.engine.url.database or "").endswith(self.path):  # (opened as file:<path>, read-only)
+            return
+        end, how = time.monotonic() + self.seconds, "interrupted"
+        try:
+            while time.monotonic() < end:
+                time.sleep(0.05)
+            how = "waited out"
+        finally:
+            self.waits.append(how)
+
+
+def test_a_hanging_extraction_is_cut_by_the_timeout_then_retried(city, tmp_path, monkeypatch):
+    """Each attempt at a source whose server hangs is cut short by the extraction's timeout, retried after
+    the backoff, and the source then fails, naming the timeout and the attempts; the others complete."""
+    registry = load_registry(city / "sources.toml")
+    hung = next(s for s in registry.sources if s.url.startswith("sqlite") and "_offline" not in s.url)
+    hang = _Hang(sa.engine.make_url(hung.url).database, seconds=60)
+    events = _StopServerOnce(server=None)
+    events.stopped = True  # (only its record of the progress events is used here)
+    monkeypatch.setattr(progress, "_reporter", events)
+    settings = RunSettings(extract_retries=1, retry_backoff_seconds=0.1, extract_timeout_seconds=2)
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", hang)
+    try:
+        result = run_nightly(city / "sources.toml", tmp_path / "wh", AS_OF, max_workers=2, settings=settings)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", hang)
+        monkeypatch.setattr(progress, "_reporter", None)
+    assert hang.waits == ["interrupted", "interrupted"]  # one query an attempt, each cut short
+    outcome = result.outcomes[hung.id]
+    assert outcome.status == "failed" and "TimeoutError" in outcome.error and "after 2 attempts" in outcome.error
+    assert [e[2] for e in events.events if e[:2] == (hung.id, "extract")] == ["running", "retrying", "retrying",
+                                                                               "failed"]
+    assert result.failed_sources == [hung.id] + [s.id for s in registry.sources if "_offline" in s.url]
 
 # --------------------------------------------------------------------------------------------------
 # backfill, idempotent reruns, status
