@@ -54,6 +54,18 @@ def night(silver: dict, store: KeptStore | None, caplog) -> tuple[pl.DataFrame, 
     return out, (int(said[-1][1]), int(said[-1][2])) if said else None
 
 
+def pairs_kept(caplog) -> tuple[int, int]:
+    """How many candidate pairs the last night had, and how many of their Jaccards it kept."""
+    said = [m for r in caplog.records if (m := re.match(r"F6: (\d+) candidate pairs, (\d+) of them kept", r.getMessage()))]
+    return int(said[-1][1]), int(said[-1][2])
+
+
+def pairs_without(store: KeptStore, changed: set[str]) -> int:
+    """Tonight's candidate pairs (as kept for the next night) of which neither report is in `changed`."""
+    kept = pl.read_parquet(store.file("F6", "pairs"))
+    return kept.filter(~pl.col("a_report_id").is_in(list(changed)) & ~pl.col("b_report_id").is_in(list(changed))).height
+
+
 def fresh(silver: dict, caplog) -> pl.DataFrame:
     return night(silver, None, caplog)[0]
 
@@ -68,6 +80,8 @@ def test_the_next_night_sketches_only_changed_summaries_and_equals_a_night_from_
 
     again, counts = night(city(texts), store, caplog)
     assert counts == (len(texts), 0)
+    candidates, kept = pairs_kept(caplog)
+    assert candidates > 0 and kept == candidates  # every pair's Jaccard read back
     assert_frame_equal(again, first)
 
     # One summary edited, one report added (with words of their own: the boilerplate stays the same).
@@ -76,7 +90,16 @@ def test_the_next_night_sketches_only_changed_summaries_and_equals_a_night_from_
     texts["NEW"] = own_words(rng, 60)
     second, counts = night(city(texts), store, caplog)
     assert counts == (len(texts) - 2, 2)
+    assert pairs_kept(caplog)[1] == pairs_without(store, {"R40", "NEW"})  # theirs are worked out again
     assert_frame_equal(second, fresh(city(texts), caplog))
+    # A copy given a few words of its own stays a candidate of its original, at another Jaccard: worked
+    # out again too.
+    before = second.filter(pl.col("report_id") == "COPY")["jaccard"][0]
+    texts["COPY"] += own_words(rng, 6)
+    shorter, _ = night(city(texts), store, caplog)
+    assert pairs_kept(caplog)[1] == pairs_without(store, {"COPY"})
+    assert_frame_equal(shorter, fresh(city(texts), caplog))
+    assert 0.5 <= shorter.filter(pl.col("report_id") == "COPY")["jaccard"][0] != before
     # and a third night that copies one of them into another project finds the copy
     texts["NEW2"] = texts["NEW"].replace(texts["NEW"][10], "", 1)
     third, counts = night(city(texts), store, caplog)
@@ -96,6 +119,7 @@ def test_a_phrase_that_becomes_boilerplate_resketches_only_the_reports_that_have
         texts[f"T{k}"] = TEMPLATE + own_words(rng, 40)
     second, counts = night(city(texts), store, caplog)
     assert counts == (len(texts) - 21, 21)  # the 19 new reports, and R3 and COPY re-sketched
+    assert pairs_kept(caplog)[1] == 0  # another boilerplate: no Jaccard of the night before holds
     assert_frame_equal(second, fresh(city(texts), caplog))
     assert second["boilerplate_shingles"][0] > first_boilerplate(first_texts(), caplog)
 

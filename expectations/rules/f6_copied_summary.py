@@ -17,7 +17,9 @@ Method (scales to millions of reports; no all-pairs):
    after someone else copied it, is not the copier).
 
 Between nights each report's band keys are kept (`warehouse.kept`) and read back while its summary and the
-boilerplate among its shingles stay the same: the next night sketches what changed, not the city.
+boilerplate among its shingles stay the same: the next night sketches what changed, not the city. So are
+the night's candidate pairs with their Jaccard: a pair of two such reports has the same shingle sets, and
+its Jaccard is read back instead of shingling both summaries again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import great_expectations as gx
 import numpy as np
@@ -268,13 +271,21 @@ def _fingerprint(stop: np.ndarray) -> int:
                                           digest_size=8).digest(), "little")
 
 
-def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Each report's LSH band keys (n × bands) and whether it has enough specific shingles to judge: kept
-    from the night before where its summary and the boilerplate allow, else sketched."""
+class _Sketches(NamedTuple):
+    keys: np.ndarray  # n × bands: each report's LSH band keys
+    live: np.ndarray  # whether it has enough specific shingles to judge
+    kept: np.ndarray  # whether its sketch was kept from the night before: its specific shingles are the same
+    text_hash: np.ndarray  # the hash of its summary
+    boilerplate: _KeptSketches
+
+
+def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params: dict) -> _Sketches:
+    """Each report's LSH band keys and whether it has enough specific shingles to judge: kept from the
+    night before where its summary and the boilerplate allow, else sketched."""
     n, k, chunk = reports.height, params["shingle_k"], params["chunk_docs"]
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
-    live = np.zeros(n, dtype=bool)
+    live, kept_sketch, text_hash = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.uint64)
     # A city small enough to be held is one shard, whose batches would otherwise take turns on one core
     # (NumPy lets go of the GIL for most of a batch's work). A sharded city's shards already run side by
     # side, each its batches in turn.
@@ -293,6 +304,8 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
 
     def sketch(part: pl.DataFrame) -> pl.DataFrame:
         part, reused = kept.match(part)
+        kept_sketch[part["doc"].to_numpy()] = reused
+        text_hash[part["doc"].to_numpy()] = part["text_hash"].to_numpy()
         if reused.any():
             old = part.filter(pl.Series(reused))
             keys[old["doc"].to_numpy()] = old["keys"].to_numpy()
@@ -306,7 +319,7 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
     _over_reports(ctx, reports, np.arange(n), sketch, {"sketched": pl.Int64})
     kept.finish()
     log.info("F6: %d sketches kept from the night before, %d made", kept.reused, kept.made)
-    return keys, live
+    return _Sketches(keys, live, kept_sketch, text_hash, kept)
 
 
 def _candidate_sets(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, stop: np.ndarray,
@@ -324,6 +337,55 @@ def _candidate_sets(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, s
 
     _over_texts(ctx, reports, docs, params["max_chars"], sets, {"sets": pl.Int64})
     return ShingleSets.concat(parts)
+
+
+_PAIRS = "pairs"
+_SIZES = {"doc": pl.Int64, "len": pl.UInt32}
+_CARRIED = {"i": pl.Int64, "j": pl.Int64, "jaccard": pl.Float64, "i_size": pl.UInt32, "j_size": pl.UInt32}
+
+
+def _carried_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.ndarray) -> pl.DataFrame:
+    """The candidate pairs of the night before whose Jaccard holds tonight, by tonight's doc numbers (i < j)
+    with each one's number of specific shingles: both summaries are the same (by their hash) and so is the
+    boilerplate, so their shingle sets are too. (A pair of reports whose submission times moved has its
+    sides in the other order: the Jaccard is the same.)"""
+    stored = kept._read(_PAIRS)
+    if stored is None:
+        return pl.DataFrame(schema=_CARRIED)
+    ids = reports.select(pl.col("doc").cast(pl.Int64), "source_id", "report_id").with_columns(
+        hash=pl.Series(text_hash, dtype=pl.UInt64))
+
+    def side(x: str) -> pl.DataFrame:
+        return ids.rename({c: f"{x}_{c}" for c in ids.columns})
+
+    both = (stored.filter(pl.col("stop") == kept.fp)
+            .join(side("a"), on=["a_source_id", "a_report_id", "a_hash"])
+            .join(side("b"), on=["b_source_id", "b_report_id", "b_hash"]))
+    in_order = pl.col("a_doc") < pl.col("b_doc")
+    return both.select(
+        i=pl.min_horizontal("a_doc", "b_doc"), j=pl.max_horizontal("a_doc", "b_doc"), jaccard="jaccard",
+        i_size=pl.when(in_order).then("a_size").otherwise("b_size"),
+        j_size=pl.when(in_order).then("b_size").otherwise("a_size"),
+    ).cast(_CARRIED)
+
+
+def _keep_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.ndarray, i: np.ndarray, j: np.ndarray,
+                jaccard: np.ndarray, sizes: pl.DataFrame) -> None:
+    """Tonight's candidate pairs with their Jaccard, for the next night (`_carried_pairs`)."""
+    if kept.store is None:
+        return
+    size = np.zeros(reports.height, dtype=np.uint32)
+    size[sizes["doc"].to_numpy()] = sizes["len"].to_numpy()
+    ids = reports.select("source_id", "report_id")
+    kept.store.write(RULE_ID, _PAIRS, pl.DataFrame({
+        "a_source_id": ids["source_id"].gather(i), "a_report_id": ids["report_id"].gather(i),
+        "a_hash": pl.Series(text_hash[i], dtype=pl.UInt64), "a_size": pl.Series(size[i], dtype=pl.UInt32),
+        "b_source_id": ids["source_id"].gather(j), "b_report_id": ids["report_id"].gather(j),
+        "b_hash": pl.Series(text_hash[j], dtype=pl.UInt64), "b_size": pl.Series(size[j], dtype=pl.UInt32),
+        "jaccard": pl.Series(jaccard, dtype=pl.Float64),
+        "stop": pl.repeat(kept.fp, len(i), dtype=pl.UInt64, eager=True),
+        "settings": pl.repeat(kept.settings, len(i), eager=True),
+    }))
 
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
@@ -344,16 +406,32 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
                                 params["max_df_share"], params["min_df_docs"])
     del sampled
 
-    # i < j: i is the earlier report. The band keys (n × 32 values) are freed once bucketed.
-    i, j = lsh_candidate_pairs(*_band_keys(ctx, reports, stop, params), params["max_bucket"])
+    sketches = _band_keys(ctx, reports, stop, params)
+    # i < j: i is the earlier report.
+    i, j = lsh_candidate_pairs(sketches.keys, sketches.live, params["max_bucket"])
+    kept, text_hash = sketches.boilerplate, sketches.text_hash
+    del sketches  # the band keys (n × 32 values) are freed once bucketed
+    # The Jaccard of a pair kept from the night before, where it holds; the others' shingle sets are made.
+    carried = pl.DataFrame({"i": i, "j": j}, schema={"i": pl.Int64, "j": pl.Int64}).join(
+        _carried_pairs(kept, reports, text_hash), on=["i", "j"], how="left", maintain_order="left")
+    jac = carried["jaccard"].to_numpy().copy()
+    todo = np.flatnonzero(carried["jaccard"].is_null().to_numpy())
+    candidates = (_candidate_sets(ctx, reports, np.unique(np.r_[i[todo], j[todo]]), stop, params) if len(todo)
+                  else ShingleSets.concat([]))  # (every summary is read to make even one set)
+    jac[todo] = jaccard_pairs(candidates, i[todo], j[todo])
+    n_sh = pl.concat([
+        pl.DataFrame({"doc": candidates.ids, "len": candidates.size}, schema=_SIZES),
+        carried.filter(pl.col("jaccard").is_not_null()).select(
+            pl.concat_list("i", "j").alias("doc"), pl.concat_list("i_size", "j_size").alias("len"))
+        .explode("doc", "len").cast(_SIZES),
+    ]).unique("doc")
+    del candidates
+    log.info("F6: %d candidate pairs, %d of them kept from the night before", len(i), len(i) - len(todo))
+    _keep_pairs(kept, reports, text_hash, i, j, jac, n_sh)
     if len(i) == 0:
         return pl.DataFrame()
     project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").rank("dense"))
     project = project.to_series().to_numpy()
-    candidates = _candidate_sets(ctx, reports, np.unique(np.r_[i, j]), stop, params)
-    jac = jaccard_pairs(candidates, i, j)
-    n_sh = pl.DataFrame({"doc": candidates.ids, "len": candidates.size}, schema={"doc": pl.Int64, "len": pl.UInt32})
-    del candidates
 
     pairs = pl.DataFrame({"doc": j.astype(np.uint32), "orig": i.astype(np.uint32), "jaccard": np.round(jac, 4),
                           "same_project": project[i] == project[j]})
