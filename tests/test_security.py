@@ -429,8 +429,8 @@ def test_a_canary_password_appears_in_no_output_of_a_night(pg_server, tmp_path, 
     assert artifacts and "unescaped_at" in artifacts[0] and "Completed with failures" in artifacts[0]
     assert "password authentication failed" in texts["prefect logs"] + texts["log records"]
     assert "unescaped_at" in err and "resolve host" in err  # the progress lines and Prefect's console
-    # every source's extraction logged (its task run finishing, or failing), so the logs were captured
-    assert all(any(f"extract-{sid}" in r.getMessage() or f"extract-{sid}" in str(getattr(r, "task_run_name", ""))
+    # every source's task run logged (finishing, or failing), so the logs were captured
+    assert all(any(f"source-{sid}" in r.getMessage() or f"source-{sid}" in str(getattr(r, "task_run_name", ""))
                    for r in caplog.records) for sid in ids), [r.getMessage() for r in caplog.records][:20]
     leaks = {name: text[max(0, text.find(canary) - 120): text.find(canary) + 60]
              for name, text in texts.items() if canary in text}
