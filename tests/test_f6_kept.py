@@ -96,10 +96,10 @@ def test_the_next_night_sketches_only_changed_summaries_and_equals_a_night_from_
     # out again too.
     before = second.filter(pl.col("report_id") == "COPY")["jaccard"][0]
     texts["COPY"] += own_words(rng, 6)
-    shorter, _ = night(city(texts), store, caplog)
+    edited, _ = night(city(texts), store, caplog)
     assert pairs_kept(caplog)[1] == pairs_without(store, {"COPY"})
-    assert_frame_equal(shorter, fresh(city(texts), caplog))
-    assert 0.5 <= shorter.filter(pl.col("report_id") == "COPY")["jaccard"][0] != before
+    assert_frame_equal(edited, fresh(city(texts), caplog))
+    assert 0.5 <= edited.filter(pl.col("report_id") == "COPY")["jaccard"][0] != before
     # and a third night that copies one of them into another project finds the copy
     texts["NEW2"] = texts["NEW"].replace(texts["NEW"][10], "", 1)
     third, counts = night(city(texts), store, caplog)

@@ -274,7 +274,6 @@ def _fingerprint(stop: np.ndarray) -> int:
 class _Sketches(NamedTuple):
     keys: np.ndarray  # n × bands: each report's LSH band keys
     live: np.ndarray  # whether it has enough specific shingles to judge
-    kept: np.ndarray  # whether its sketch was kept from the night before: its specific shingles are the same
     text_hash: np.ndarray  # the hash of its summary
     boilerplate: _KeptSketches
 
@@ -285,7 +284,7 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
     n, k, chunk = reports.height, params["shingle_k"], params["chunk_docs"]
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
-    live, kept_sketch, text_hash = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=np.uint64)
+    live, text_hash = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.uint64)
     # A city small enough to be held is one shard, whose batches would otherwise take turns on one core
     # (NumPy lets go of the GIL for most of a batch's work). A sharded city's shards already run side by
     # side, each its batches in turn.
@@ -304,7 +303,6 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
 
     def sketch(part: pl.DataFrame) -> pl.DataFrame:
         part, reused = kept.match(part)
-        kept_sketch[part["doc"].to_numpy()] = reused
         text_hash[part["doc"].to_numpy()] = part["text_hash"].to_numpy()
         if reused.any():
             old = part.filter(pl.Series(reused))
@@ -319,7 +317,7 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params
     _over_reports(ctx, reports, np.arange(n), sketch, {"sketched": pl.Int64})
     kept.finish()
     log.info("F6: %d sketches kept from the night before, %d made", kept.reused, kept.made)
-    return _Sketches(keys, live, kept_sketch, text_hash, kept)
+    return _Sketches(keys, live, text_hash, kept)
 
 
 def _candidate_sets(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, stop: np.ndarray,
