@@ -78,8 +78,6 @@ def _extract_and_report(source: Source, state_url: str, as_of: date, settings: s
             extracted = steps.extract_stage(source, state, as_of, settings, raise_transient=True)
     except Exception as e:
         e.attempts = attempt  # type: ignore[attr-defined]
-        if attempt <= settings.extract_retries:
-            progress.report(source.id, "extract", "retrying", f"attempt {attempt} failed: {e}")
         raise
     finally:
         state.dispose()
@@ -95,7 +93,7 @@ def _rows(outcome: steps.SourceOutcome, stage: str) -> str:
 
 def _land_and_report(extracted: tuple[steps.SourceOutcome, Pulled | None] | BaseException, source: Source,
               warehouse: str, run_id: str, settings: steps.RunSettings | None = None):
-    if isinstance(extracted, BaseException):  # the extract task failed for good (retries, timeout)
+    if isinstance(extracted, BaseException):  # the extraction failed for good (retries, timeout)
         attempts = getattr(extracted, "attempts", (settings.extract_retries + 1) if settings else 1)
         outcome = steps.extract_failed(source, extracted, getattr(extracted, "seconds", 0.0), attempts)
         progress.report(source.id, "extract", "failed", str(outcome.error))
@@ -149,15 +147,16 @@ def source_task(source: Source, warehouse: str, state_url: str, as_of: date, run
         extracted = _extract_and_report(source, state_url, as_of, settings, attempt)
     except Exception as e:  # noqa: BLE001 — retries spent: the source's failure, not the night's
         if attempt <= settings.extract_retries:
+            progress.report(source.id, "extract", "retrying", f"attempt {attempt} failed: {e}")
             raise  # Prefect runs the task again after the backoff
         extracted = e
     landed = _land_and_report(extracted, source, warehouse, run_id, settings)
     return _normalize_and_report(landed, source, warehouse, state_url, as_of, run_id)
 
 
-def with_retries(source: Task, settings: steps.RunSettings) -> Task:
-    """`source_task` retried `extract_retries` times after `retry_backoff_seconds`, doubling."""
-    return source.with_options(
+def with_retries(runnable: Task, settings: steps.RunSettings) -> Task:
+    """`runnable` (`source_task`) retried `extract_retries` times after `retry_backoff_seconds`, doubling."""
+    return runnable.with_options(
         retries=settings.extract_retries,
         retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_backoff_seconds)
         if settings.extract_retries else 0,
@@ -240,7 +239,7 @@ def nightly(sources_file: str, warehouse: str, as_of: date | None = None, overla
     run_id = steps.new_run_id(as_of)
     logger.info("run %s: %d sources, as of %s", run_id, len(registry.sources), as_of)
 
-    # One task a source, running that source's extract → bronze → normalize tasks one after the other:
+    # One task a source, running that source's extract → bronze → normalize one after the other:
     # a worker holds one source's raw rows at a time, so memory grows with the workers, not the city.
     one_source = with_retries(source_task, settings)
     futures = {s.id: one_source.submit(s, str(layout.root), state_url, as_of, run_id, settings)

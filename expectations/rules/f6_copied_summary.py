@@ -338,7 +338,6 @@ def _candidate_sets(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, s
 
 
 _PAIRS = "pairs"
-_SIZES = {"doc": pl.Int64, "len": pl.UInt32}
 _CARRIED = {"i": pl.Int64, "j": pl.Int64, "jaccard": pl.Float64, "i_size": pl.UInt32, "j_size": pl.UInt32}
 
 
@@ -368,12 +367,11 @@ def _carried_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.nda
 
 
 def _keep_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.ndarray, i: np.ndarray, j: np.ndarray,
-                jaccard: np.ndarray, sizes: pl.DataFrame) -> None:
-    """Tonight's candidate pairs with their Jaccard, for the next night (`_carried_pairs`)."""
+                jaccard: np.ndarray, size: np.ndarray) -> None:
+    """Tonight's candidate pairs with their Jaccard and each report's number of specific shingles (`size`, by
+    doc number), for the next night (`_carried_pairs`)."""
     if kept.store is None:
         return
-    size = np.zeros(reports.height, dtype=np.uint32)
-    size[sizes["doc"].to_numpy()] = sizes["len"].to_numpy()
     ids = reports.select("source_id", "report_id")
     kept.store.write(RULE_ID, _PAIRS, pl.DataFrame({
         "a_source_id": ids["source_id"].gather(i), "a_report_id": ids["report_id"].gather(i),
@@ -417,15 +415,15 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     candidates = (_candidate_sets(ctx, reports, np.unique(np.r_[i[todo], j[todo]]), stop, params) if len(todo)
                   else ShingleSets.concat([]))  # (every summary is read to make even one set)
     jac[todo] = jaccard_pairs(candidates, i[todo], j[todo])
-    n_sh = pl.concat([
-        pl.DataFrame({"doc": candidates.ids, "len": candidates.size}, schema=_SIZES),
-        carried.filter(pl.col("jaccard").is_not_null()).select(
-            pl.concat_list("i", "j").alias("doc"), pl.concat_list("i_size", "j_size").alias("len"))
-        .explode("doc", "len").cast(_SIZES),
-    ]).unique("doc")
-    del candidates
+    # each candidate's number of specific shingles: from its set, or with its pair from the night before
+    size = np.zeros(reports.height, dtype=np.uint32)
+    size[candidates.ids] = candidates.size
+    read_back = carried.filter(pl.col("jaccard").is_not_null())
+    for side in ("i", "j"):
+        size[read_back[side].to_numpy()] = read_back[f"{side}_size"].to_numpy()
+    del candidates, read_back
     log.info("F6: %d candidate pairs, %d of them kept from the night before", len(i), len(i) - len(todo))
-    _keep_pairs(kept, reports, text_hash, i, j, jac, n_sh)
+    _keep_pairs(kept, reports, text_hash, i, j, jac, size)
     if len(i) == 0:
         return pl.DataFrame()
     project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").rank("dense"))
@@ -446,7 +444,8 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     if best.is_empty():
         return pl.DataFrame()
     meta = reports.select("doc", "source_id", "report_id", "project_id", "submitted_at")
-    sizes = n_sh.select(pl.col("doc").cast(pl.UInt32), pl.col("len").alias("shingles"))
+    with_set = np.flatnonzero(size)
+    sizes = pl.DataFrame({"doc": with_set.astype(np.uint32), "shingles": size[with_set]})
     return (
         best.join(meta, on="doc")
         .join(sizes, on="doc", how="left")
