@@ -164,3 +164,44 @@ def test_the_boilerplate_sample_stays_put_as_reports_come_and_go():
     after = set(grown[f6._stable_sample(grown, 500)]["report_id"])
     entered = {r for r in after if r.startswith("N")}
     assert 0 < len(entered) < 20 and len(before - after) == len(entered)
+
+
+def test_a_next_night_reads_only_the_summaries_it_sketches(tmp_path, caplog, monkeypatch):
+    """Over silver read source by source, a night reads each source's summaries once to list its reports
+    (and hash them); the boilerplate's sample and the sketches read them again only where a summary
+    changed, and only in its source."""
+    from tests.test_silver_rules import _write_silver
+    from warehouse.layout import Layout
+    from warehouse.silver import CitySilver
+
+    reads: list[str] = []
+    source = CitySilver.source
+
+    def counted(self, sid, columns=None):
+        if "summary" in (columns or {}).get("stage_reports", ()):
+            reads.append(sid)
+        return source(self, sid, columns)
+
+    monkeypatch.setattr(CitySilver, "source", counted)
+    layout, store = Layout(tmp_path / "wh"), KeptStore(tmp_path / "kept")
+
+    def night_over(texts: dict[str, str], kept: KeptStore | None = store) -> pl.DataFrame:
+        """Half the reports in source s, half in t: F6's figures; `reads` says whose summaries were read."""
+        tables = city(texts)
+        for sid in ("s", "t"):
+            mine = pl.col("report_id").is_in(list(texts)[sid == "t"::2])
+            _write_silver(layout, sid, {"projects": tables["projects"].with_columns(source_id=pl.lit(sid)),
+                                        "stage_reports": tables["stage_reports"].filter(mine)
+                                        .with_columns(source_id=pl.lit(sid))})
+        reads.clear()
+        return night(CitySilver.load(layout, ["s", "t"], shard_rows=1, hold_rows=0), kept, caplog)[0]
+
+    texts = first_texts()
+    first = night_over(texts)
+    assert sorted(reads) == ["s", "s", "s", "s", "t", "t", "t", "t"]  # list, sample, sketches, candidates
+    assert_frame_equal(night_over(texts), first)
+    assert sorted(reads) == ["s", "t"]  # the same sample and every sketch and pair kept: only the list
+    texts[list(texts)[1]] += own_words(np.random.default_rng(3), 30)  # a summary of t, in the sample
+    edited = night_over(texts)
+    assert sorted(reads) == ["s", "s", "t", "t", "t"]  # the list, the sample, and t's sketches
+    assert_frame_equal(edited, night_over(texts, kept=None))

@@ -18,7 +18,7 @@ frames `by_source` hands out share memory with the city frames.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
@@ -159,24 +159,29 @@ class CitySilver(Mapping[str, pl.DataFrame]):
                 for t in names}
 
     def map_sources(self, fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame | None],
-                    columns: dict[str, list[str]] | None = None) -> Iterator[pl.DataFrame]:
+                    columns: dict[str, list[str]] | None = None,
+                    sources: Collection[str] | None = None) -> Iterator[pl.DataFrame]:
         """`fn` over each shard of sources in turn (`shards`, `shard`), yielded in source order as they
-        are ready: a few shards at a time are read ahead, never the whole of a large city."""
+        are ready: a few shards at a time are read ahead, never the whole of a large city. `sources`: only
+        these (by default every source)."""
         def run(sids: list[str]) -> pl.DataFrame | None:
             return fn(self.shard(sids, columns))
 
+        planned = self.shards if sources is None else [
+            kept for shard in self.shards if (kept := [sid for sid in shard if sid in sources])]
         with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
-            shards = iter(self.shards)
+            shards = iter(planned)
             while window := list(islice(shards, SHARDS_IN_FLIGHT)):
                 for result in pool.map(run, window):
                     if result is not None:
                         yield result
 
     def by_source(self, fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame],
-                  columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
-        """`fn` over each shard of sources (`map_sources`), the results concatenated. With no source at
-        all, `fn` over empty tables (so the result has its columns)."""
-        results = list(self.map_sources(fn, columns))
+                  columns: dict[str, list[str]] | None = None,
+                  sources: Collection[str] | None = None) -> pl.DataFrame:
+        """`fn` over each shard of sources (`map_sources`; `sources`: only these), the results concatenated.
+        With no source at all, `fn` over empty tables (so the result has its columns)."""
+        results = list(self.map_sources(fn, columns, sources))
         if not results:
             return fn({t: empty(t) for t in TABLE_NAMES})
         return pl.concat(results, how="vertical_relaxed")
@@ -228,10 +233,11 @@ def _resolved(table: str, frame: pl.DataFrame, one: dict[str, pl.DataFrame]) -> 
 
 
 def by_source(silver: Mapping[str, pl.DataFrame], fn: Callable[[dict[str, pl.DataFrame]], pl.DataFrame],
-              columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
-    """`fn` source by source over a `CitySilver`; over any other mapping (every table held, as tests and
-    small tools build it) `fn` over all of it at once: functions given here reduce within a source, so
-    the whole city is a valid input for them."""
+              columns: dict[str, list[str]] | None = None, sources: Collection[str] | None = None) -> pl.DataFrame:
+    """`fn` source by source over a `CitySilver` (`sources`: only these, a shortcut for a function that
+    has nothing to do with the others); over any other mapping (every table held, as tests and small tools
+    build it) `fn` over all of it at once: functions given here reduce within a source, so the whole city
+    is a valid input for them."""
     if isinstance(silver, CitySilver):
-        return silver.by_source(fn, columns)
+        return silver.by_source(fn, columns, sources)
     return fn(dict(silver))

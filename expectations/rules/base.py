@@ -23,7 +23,7 @@ them (`expectations/settings.py`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date
 from types import ModuleType
@@ -62,15 +62,17 @@ class RuleContext:
         return empty(name) if frame is None else frame
 
     def by_source(self, fn: Callable[[RuleContext], pl.DataFrame],
-                  columns: dict[str, list[str]] | None = None) -> pl.DataFrame:
+                  columns: dict[str, list[str]] | None = None,
+                  sources: Collection[str] | None = None) -> pl.DataFrame:
         """`fn` over a context of a shard of sources at a time (all their tables, evidence included), the
         results concatenated: how a rule reads evidence. `fn` must reduce within a source (so it is also
         right over the whole city at once, which is what a plain-dict context does). `columns`: the
         columns of a sharded table `fn` reads (all by default), or those of a held table that the city
-        does not hold (report summaries), read for the shard."""
+        does not hold (report summaries), read for the shard. `sources`: only these need reading (`fn`
+        must still ignore the rows of others, which a plain-dict context passes it)."""
         from warehouse.silver import by_source
 
-        return by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of, self.kept)), columns)
+        return by_source(self.silver, lambda one: fn(RuleContext(one, self.as_of, self.kept)), columns, sources)
 
 
 class SharedFrames:

@@ -19,14 +19,16 @@ Method (scales to millions of reports; no all-pairs):
 Between nights each report's band keys are kept (`warehouse.kept`) and read back while its summary and the
 boilerplate among its shingles stay the same: the next night sketches what changed, not the city. So are
 the night's candidate pairs with their Jaccard: a pair of two such reports has the same shingle sets, and
-its Jaccard is read back instead of shingling both summaries again.
+its Jaccard is read back instead of shingling both summaries again. So is the boilerplate, with a
+fingerprint of the sample it was found on (its reports and the hashes of their summaries), read back while
+the sample is the same. Each summary is read once a night to hash it; after that, only the summaries of
+the sources where one must be shingled.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -112,7 +114,8 @@ def _over_reports(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray,
                   each: Callable[[pl.DataFrame], pl.DataFrame], schema: dict) -> pl.DataFrame:
     """`each(part)` over the reports `docs` (sorted doc numbers of `reports`), a shard of sources at a
     time: `part` holds their `doc`, `source_id`, `report_id` and `summary`, in doc order. The city's
-    summaries are read where they are stored, never held together."""
+    summaries are read where they are stored, never held together, and only those of the sources the
+    reports are in."""
     wanted = reports.select("doc", "source_id", "report_id")[docs].partition_by("source_id", as_dict=True)
 
     def per_source(one: RuleContext) -> pl.DataFrame:
@@ -122,7 +125,7 @@ def _over_reports(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray,
             return pl.DataFrame(schema=schema)
         return each(pl.concat(parts).join(judged, on=["source_id", "report_id"]).sort("doc"))
 
-    return ctx.by_source(per_source, columns={"stage_reports": ["summary"]})
+    return ctx.by_source(per_source, columns={"stage_reports": ["summary"]}, sources={sid for (sid,) in wanted})
 
 
 def _texts(part: pl.DataFrame, max_chars: int) -> pl.Series:
@@ -167,27 +170,22 @@ _TEXT_SEED = 0x51F6
 class _KeptSketches:
     """The sketches of the night before (`warehouse.kept`): a file a source with each report's band keys
     and `live`, the hash of the summary and the boilerplate (its fingerprint, `stop`) they were made
-    with; and that boilerplate itself. A report's kept sketch is reused when its summary is the same and
-    so is the boilerplate, or the boilerplate changed by shingles its summary does not have (it is then
-    shingled to find out: most of a sketch's cost, without the MinHash). Anything else is sketched again."""
+    with; and that boilerplate itself, with the fingerprint of the sample it was found on. A report's kept
+    sketch is reused when its summary is the same and so is the boilerplate, or the boilerplate changed by
+    shingles its summary does not have (it is then shingled to find out: most of a sketch's cost, without
+    the MinHash). Anything else is sketched again."""
 
-    def __init__(self, ctx: RuleContext, params: dict, stop: np.ndarray, parallel: bool):
+    def __init__(self, ctx: RuleContext, params: dict, parallel: bool):
         self.store = ctx.kept
         self.chunk, self.parallel = params["chunk_docs"], parallel
         self.settings = f"v{SKETCH_VERSION}; polars {pl.__version__}; " + "; ".join(
             f"{p}={params[p]}" for p in _SKETCH_PARAMS)
-        self.k, self.max_chars = params["shingle_k"], params["max_chars"]
-        self.stop, self.fp = stop, _fingerprint(stop)
+        self.k = params["shingle_k"]
+        self.stop, self.fp, self.sample = np.empty(0, np.uint64), 0, 0
         self.prev_fp: int | None = None
         self.changed = np.empty(0, np.uint64)  # the shingles that entered or left the boilerplate
         self._kept_rows: dict[str, int] = {}  # source → rows of its file, when all made with tonight's boilerplate
-        self.reused = self.made = 0
-        self._lock = threading.Lock()  # the shards of a city too large to hold are sketched side by side
-        earlier = self._read(_BOILERPLATE)
-        self._boilerplate_is_kept = earlier is not None and earlier["stop"][0] == self.fp
-        if earlier is not None and not self._boilerplate_is_kept:
-            self.prev_fp = int(earlier["stop"][0])
-            self.changed = np.setxor1d(earlier["h"].to_numpy(), stop)
+        self._earlier = self._read(_BOILERPLATE)
 
     def _read(self, name: str) -> pl.DataFrame | None:
         frame = self.store.read(RULE_ID, name) if self.store is not None else None
@@ -195,48 +193,70 @@ class _KeptSketches:
             return None
         return frame
 
-    def match(self, part: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray]:
-        """`part` with its kept `keys` and `live` where the summary is the same, and which of them hold."""
-        kept = []
-        for sid in part["source_id"].unique().to_list():
-            one = self._read(f"source={sid}")
-            if one is not None:
-                if (one["stop"] == self.fp).all():
-                    self._kept_rows[sid] = one.height
-                kept.append(one.select(pl.lit(sid).alias("source_id"), "report_id", "text_hash", "live", "keys",
-                                       "stop"))
-        part = part.with_columns(pl.col("summary").hash(_TEXT_SEED).alias("text_hash"))
-        if not kept:
-            return part, np.zeros(part.height, dtype=bool)
-        part = part.join(pl.concat(kept), on=["source_id", "report_id", "text_hash"], how="left",
-                         maintain_order="left")
-        same = (part["stop"] == self.fp).fill_null(False).to_numpy()
-        if self.prev_fp is not None:
-            older = np.flatnonzero((part["stop"] == self.prev_fp).fill_null(False).to_numpy())
-            texts = _texts(part[older], self.max_chars)
+    def boilerplate_of(self, sample: int) -> np.ndarray | None:
+        """The night before's boilerplate, if it was found on the same sample (`_sample_fingerprint`)."""
+        earlier = self._earlier
+        if earlier is None or "sample" not in earlier.columns or earlier["sample"][0] != sample:
+            return None
+        return earlier["h"].to_numpy()
 
-            def untouched(lo: int) -> None:
-                """Batch by batch, like the sketches: a city's shingles at once would take gigabytes."""
-                d, h = shingle_hashes(texts.slice(lo, self.chunk), self.k)
-                touched = np.zeros(min(self.chunk, len(texts) - lo), dtype=bool)
-                touched[d[member(h, self.changed)]] = True
-                same[older[lo:lo + self.chunk][~touched]] = True
+    def use(self, stop: np.ndarray, sample: int) -> None:
+        """Tonight's boilerplate (sorted), found on the sample `sample`."""
+        self.stop, self.fp, self.sample = stop, _fingerprint(stop), sample
+        earlier = self._earlier
+        if earlier is not None and earlier["stop"][0] != self.fp:
+            self.prev_fp = int(earlier["stop"][0])
+            self.changed = np.setxor1d(earlier["h"].to_numpy(), stop)
 
-            _in_batches(len(texts), self.chunk, untouched, self.parallel)
-        return part, same
+    def lookup(self, reports: pl.DataFrame, keys: np.ndarray, live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """By doc number: whose kept sketch holds (its summary is the same, by `text_hash`, and so is the
+        boilerplate), and whose may (the same summary, sketched under the boilerplate before: `untouched`
+        says). Both have their kept `keys` and `live` written in. No summary is read."""
+        reused, older = np.zeros(reports.height, dtype=bool), np.zeros(reports.height, dtype=bool)
+        ids = reports.select("doc", "source_id", "report_id", "text_hash")
 
-    def save(self, part: pl.DataFrame, reused: np.ndarray, keys: np.ndarray, live: np.ndarray) -> None:
+        def one(sid: str, part: pl.DataFrame) -> None:
+            kept = self._read(f"source={sid}")
+            if kept is None:
+                return
+            if (kept["stop"] == self.fp).all():
+                self._kept_rows[sid] = kept.height
+            found = part.join(kept.select("report_id", "text_hash", "live", "keys", "stop"),
+                              on=["report_id", "text_hash"])
+            now = (found["stop"] == self.fp).to_numpy()
+            before = (found["stop"] == self.prev_fp).to_numpy() if self.prev_fp is not None else np.zeros_like(now)
+            hold = now | before
+            found = found.filter(pl.Series(hold))
+            docs = found["doc"].to_numpy()
+            keys[docs], live[docs] = found["keys"].to_numpy(), found["live"].to_numpy()
+            reused[docs[now[hold]]] = True
+            older[docs[before[hold]]] = True
+
+        with ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT) as pool:
+            list(pool.map(lambda item: one(item[0][0], item[1]), ids.partition_by("source_id", as_dict=True).items()))
+        return reused, older
+
+    def untouched(self, texts: pl.Series) -> np.ndarray:
+        """Which of these summaries have none of the shingles that entered or left the boilerplate."""
+        out = np.ones(len(texts), dtype=bool)
+
+        def batch(lo: int) -> None:
+            """Batch by batch, like the sketches: a city's shingles at once would take gigabytes."""
+            d, h = shingle_hashes(texts.slice(lo, self.chunk), self.k)
+            out[lo:lo + self.chunk][np.unique(d[member(h, self.changed)])] = False
+
+        _in_batches(len(texts), self.chunk, batch, self.parallel)
+        return out
+
+    def save(self, reports: pl.DataFrame, reused: np.ndarray, keys: np.ndarray, live: np.ndarray) -> None:
         """Each source's file, unless it holds every report of the source as they are tonight already."""
-        with self._lock:
-            self.reused += int(reused.sum())
-            self.made += int((~reused).sum())
         if self.store is None:
             return
-        flagged = part.select("source_id", "report_id", "text_hash", "doc").with_columns(reused=pl.Series(reused))
-        for (sid,), one in flagged.partition_by("source_id", as_dict=True).items():
-            if one["reused"].all() and self._kept_rows.get(sid) == one.height:
-                continue
+        for (sid,), one in reports.select("source_id", "report_id", "text_hash", "doc").partition_by(
+                "source_id", as_dict=True).items():
             docs = one["doc"].to_numpy()
+            if reused[docs].all() and self._kept_rows.get(sid) == one.height:
+                continue
             self.store.write(RULE_ID, f"source={sid}", pl.DataFrame({
                 "report_id": one["report_id"], "text_hash": one["text_hash"], "live": live[docs],
                 "keys": pl.Series(keys[docs]), "stop": pl.repeat(self.fp, one.height, dtype=pl.UInt64, eager=True),
@@ -244,15 +264,22 @@ class _KeptSketches:
             }))
 
     def finish(self) -> None:
-        """Keep tonight's boilerplate, for the next night to see which shingles entered or left it."""
-        if self.store is not None and not self._boilerplate_is_kept:
-            self.store.write(RULE_ID, _BOILERPLATE, pl.DataFrame({
-                "h": self.stop, "stop": pl.repeat(self.fp, len(self.stop), dtype=pl.UInt64, eager=True),
-                "settings": pl.repeat(self.settings, len(self.stop), eager=True),
-            }))
+        """Keep tonight's boilerplate and its sample's fingerprint: the next night reuses the boilerplate
+        when its sample is the same, and otherwise sees which shingles entered or left it."""
+        earlier = self._earlier
+        if self.store is None or (earlier is not None and earlier["stop"][0] == self.fp
+                                  and "sample" in earlier.columns and earlier["sample"][0] == self.sample):
+            return
+        n = len(self.stop)
+        self.store.write(RULE_ID, _BOILERPLATE, pl.DataFrame({
+            "h": self.stop, "stop": pl.repeat(self.fp, n, dtype=pl.UInt64, eager=True),
+            "sample": pl.repeat(self.sample, n, dtype=pl.UInt64, eager=True),
+            "settings": pl.repeat(self.settings, n, eager=True),
+        }))
 
 
 _BOILERPLATE = "boilerplate"
+_BOILERPLATE_PARAMS = ("max_df_share", "min_df_docs", "df_sample_docs")
 
 
 def _in_batches(n: int, chunk: int, each: Callable[[int], None], parallel: bool) -> None:
@@ -271,6 +298,31 @@ def _fingerprint(stop: np.ndarray) -> int:
                                           digest_size=8).digest(), "little")
 
 
+def _sample_fingerprint(sampled: pl.DataFrame, params: dict) -> int:
+    """What the boilerplate found on a sample follows from, beside the sketches' settings: which reports
+    were sampled, their summaries (by hash) and the thresholds. The order of the reports does not matter."""
+    rows = sampled.select(pl.struct("source_id", "report_id", "text_hash").hash(_TEXT_SEED)).to_series()
+    thresholds = "; ".join(f"{p}={params[p]}" for p in _BOILERPLATE_PARAMS).encode()
+    return int.from_bytes(hashlib.blake2b(np.sort(rows.to_numpy()).tobytes() + thresholds,
+                                          digest_size=8).digest(), "little")
+
+
+def _boilerplate(ctx: RuleContext, reports: pl.DataFrame, kept: _KeptSketches, params: dict) -> np.ndarray:
+    """The shingles in so many reports that they are boilerplate (sorted), estimated on the stable sample;
+    the night before's when the sample is the same, so that a next night reads no summary for it."""
+    sample = _stable_sample(reports, params["df_sample_docs"])
+    fingerprint = _sample_fingerprint(reports[sample], params)
+    stop = kept.boilerplate_of(fingerprint)
+    if stop is None:
+        k, chunk = params["shingle_k"], params["chunk_docs"]
+        sampled = _over_texts(ctx, reports, sample, params["max_chars"], lambda d, t: _shingles(d, t, k, chunk),
+                              _SHINGLES)
+        stop = boilerplate_shingles(sampled["doc"].to_numpy(), sampled["h"].to_numpy(), len(sample),
+                                    params["max_df_share"], params["min_df_docs"])
+    kept.use(stop, fingerprint)
+    return stop
+
+
 class _Sketches(NamedTuple):
     keys: np.ndarray  # n × bands: each report's LSH band keys
     live: np.ndarray  # whether it has enough specific shingles to judge
@@ -278,46 +330,40 @@ class _Sketches(NamedTuple):
     boilerplate: _KeptSketches
 
 
-def _band_keys(ctx: RuleContext, reports: pl.DataFrame, stop: np.ndarray, params: dict) -> _Sketches:
+def _band_keys(ctx: RuleContext, reports: pl.DataFrame, kept: _KeptSketches, params: dict) -> _Sketches:
     """Each report's LSH band keys and whether it has enough specific shingles to judge: kept from the
-    night before where its summary and the boilerplate allow, else sketched."""
+    night before where its summary and the boilerplate allow, else sketched. Only the summaries of the
+    reports sketched, or checked against a changed boilerplate, are read."""
     n, k, chunk = reports.height, params["shingle_k"], params["chunk_docs"]
     bins, rpb = params["minhash_bins"], params["rows_per_band"]
     keys = np.zeros((n, bins // rpb), dtype=np.uint64)
-    live, text_hash = np.zeros(n, dtype=bool), np.zeros(n, dtype=np.uint64)
-    # A city small enough to be held is one shard, whose batches would otherwise take turns on one core
-    # (NumPy lets go of the GIL for most of a batch's work). A sharded city's shards already run side by
-    # side, each its batches in turn.
-    parallel = not getattr(ctx.silver, "sharded", ())
-    kept = _KeptSketches(ctx, params, stop, parallel)
+    live = np.zeros(n, dtype=bool)
+    reused, older = kept.lookup(reports, keys, live)
 
     def batch(docs: np.ndarray, texts: pl.Series, lo: int) -> None:
         """Written into `keys` at each report's doc number (sources never share one)."""
         part = docs[lo:lo + chunk]
-        d, h = drop_shingles(*shingle_hashes(texts.slice(lo, chunk), k), stop)
+        d, h = drop_shingles(*shingle_hashes(texts.slice(lo, chunk), k), kept.stop)
         # specific shingles a report (occurrences: a 5-gram rarely repeats within one summary)
         ok = np.bincount(d, minlength=len(part)) >= params["min_shingles"]
         sel = ok[d] if len(d) else np.zeros(0, dtype=bool)
         keys[part] = band_keys(minhash_signatures(d[sel], h[sel], len(part), bins), rpb)
         live[part] = ok
 
-    def sketch(part: pl.DataFrame) -> pl.DataFrame:
-        part, reused = kept.match(part)
-        text_hash[part["doc"].to_numpy()] = part["text_hash"].to_numpy()
-        if reused.any():
-            old = part.filter(pl.Series(reused))
-            keys[old["doc"].to_numpy()] = old["keys"].to_numpy()
-            live[old["doc"].to_numpy()] = old["live"].to_numpy()
-        new = part.filter(pl.Series(~reused))
-        docs, texts = new["doc"].to_numpy(), _texts(new, params["max_chars"])
-        _in_batches(len(texts), chunk, lambda lo: batch(docs, texts, lo), parallel)
-        kept.save(part, reused, keys, live)
+    def sketch(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
+        if older[docs].any():
+            check = older[docs]
+            reused[docs[check][kept.untouched(texts.filter(pl.Series(check)))]] = True
+            fresh = ~reused[docs]
+            docs, texts = docs[fresh], texts.filter(pl.Series(fresh))
+        _in_batches(len(texts), chunk, lambda lo: batch(docs, texts, lo), kept.parallel)
         return pl.DataFrame({"sketched": [len(docs)]})
 
-    _over_reports(ctx, reports, np.arange(n), sketch, {"sketched": pl.Int64})
+    _over_texts(ctx, reports, np.flatnonzero(~reused), params["max_chars"], sketch, {"sketched": pl.Int64})
+    kept.save(reports, reused, keys, live)
     kept.finish()
-    log.info("F6: %d sketches kept from the night before, %d made", kept.reused, kept.made)
-    return _Sketches(keys, live, text_hash, kept)
+    log.info("F6: %d sketches kept from the night before, %d made", int(reused.sum()), int((~reused).sum()))
+    return _Sketches(keys, live, reports["text_hash"].to_numpy(), kept)
 
 
 def _candidate_sets(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, stop: np.ndarray,
@@ -386,23 +432,20 @@ def _keep_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.ndarra
 
 def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     reports = (
-        ctx.by_source(lambda one: _judged(one).drop("summary"), columns={"stage_reports": ["summary"]})
+        ctx.by_source(lambda one: _judged(one).with_columns(text_hash=pl.col("summary").hash(_TEXT_SEED))
+                      .drop("summary"), columns={"stage_reports": ["summary"]})
         .sort("submitted_at", "source_id", "report_id", nulls_last=True)
         .with_row_index("doc")
     )
     n = reports.height
     if n < 2:
         return pl.DataFrame()
-    k, chunk = params["shingle_k"], params["chunk_docs"]
-
-    sample = _stable_sample(reports, params["df_sample_docs"])
-    sampled = _over_texts(ctx, reports, sample, params["max_chars"], lambda d, t: _shingles(d, t, k, chunk),
-                          _SHINGLES)
-    stop = boilerplate_shingles(sampled["doc"].to_numpy(), sampled["h"].to_numpy(), len(sample),
-                                params["max_df_share"], params["min_df_docs"])
-    del sampled
-
-    sketches = _band_keys(ctx, reports, stop, params)
+    # A city small enough to be held is one shard, whose batches would otherwise take turns on one core
+    # (NumPy lets go of the GIL for most of a batch's work). A sharded city's shards already run side by
+    # side, each its batches in turn.
+    kept = _KeptSketches(ctx, params, parallel=not getattr(ctx.silver, "sharded", ()))
+    stop = _boilerplate(ctx, reports, kept, params)
+    sketches = _band_keys(ctx, reports, kept, params)
     # i < j: i is the earlier report.
     i, j = lsh_candidate_pairs(sketches.keys, sketches.live, params["max_bucket"])
     kept, text_hash = sketches.boilerplate, sketches.text_hash
@@ -412,8 +455,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         _carried_pairs(kept, reports, text_hash), on=["i", "j"], how="left", maintain_order="left")
     jac = carried["jaccard"].to_numpy().copy()
     todo = np.flatnonzero(carried["jaccard"].is_null().to_numpy())
-    candidates = (_candidate_sets(ctx, reports, np.unique(np.r_[i[todo], j[todo]]), stop, params) if len(todo)
-                  else ShingleSets.concat([]))  # (every summary is read to make even one set)
+    candidates = _candidate_sets(ctx, reports, np.unique(np.r_[i[todo], j[todo]]), stop, params)
     jac[todo] = jaccard_pairs(candidates, i[todo], j[todo])
     # each candidate's number of specific shingles: from its set, or with its pair from the night before
     size = np.zeros(reports.height, dtype=np.uint32)
