@@ -38,7 +38,7 @@ from warehouse.files import write_parquet
 from warehouse.history import previous_partitions
 from warehouse.kept import KeptStore
 from warehouse.layout import Layout
-from warehouse.marts import SOURCES_SCHEMA, MartInputs, build_all
+from warehouse.marts import MARTS, OUTBOX_MARTS, SOURCES_SCHEMA, MartInputs, build_all
 from warehouse.publish import publish
 from warehouse.silver import TABLE_NAMES, CitySilver, by_source
 
@@ -549,13 +549,25 @@ def finish_night(
             docs_built.result()
         release_freed_memory()
         sources = sources_frame(registry, outcomes, flags)
-        outbox, mail = alert_stage(layout, state, registry, outcomes, as_of, silver, flags, sources, dry_run_mail)
         ctx = MartInputs(
             as_of=as_of, silver=silver, flags=flags, sources=sources,
-            supervision_email=registry.supervision_email or "", outbox=outbox,
+            supervision_email=registry.supervision_email or "",
             history=previous_partitions(layout, as_of),  # for score_change: the partitions before as_of
         )
-        marts = build_all(ctx)
+        raise_alerts = functools.partial(alert_stage, layout, state, registry, outcomes, as_of, silver, flags,
+                                         sources, dry_run_mail)
+        if silver.sharded:  # one after the other, for the same reason as the docs
+            outbox, mail = raise_alerts()
+            marts = build_all(replace(ctx, outbox=outbox))
+        else:
+            # The alerts are Python (rendering the emails, the outbox's SQL), the marts mostly Polars: the
+            # marts that do not read the outbox are built while the alerts are raised, the others after.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="alerts") as alerts:
+                alerting = alerts.submit(raise_alerts)
+                marts = build_all(ctx, skip=OUTBOX_MARTS)
+                outbox, mail = alerting.result()
+            marts |= {name: MARTS[name](replace(ctx, outbox=outbox)) for name in OUTBOX_MARTS}
+            marts = {name: marts[name] for name in MARTS}  # in registry order, as published
         release = publish(layout, as_of, marts)
         refresh_views(layout)
     t_marts = time.perf_counter()

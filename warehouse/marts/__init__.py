@@ -30,7 +30,7 @@ Shared conventions (used by several marts, so they are defined once here):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from types import ModuleType
@@ -437,13 +437,18 @@ MARTS: dict[str, Callable[[MartInputs], pl.DataFrame]] = {name: m.build for name
 MART_KEYS: dict[str, tuple[str, ...]] = {name: m.KEYS for name, m in ALL_MODULES.items()}
 
 
-def build_all(ctx: MartInputs) -> dict[str, pl.DataFrame]:
-    """Every nightly mart, in registry order, over one reading of the evidence (`evidence_by_report`) and
-    the per-project figures worked out once (`project_flags`, `project_facts`)."""
+# The marts that read the alert outbox (`MartInputs.outbox`). They read none of the per-project figures, so
+# the night builds the other marts while it raises its alerts, and these once the outbox is filled.
+OUTBOX_MARTS = (alerts.NAME,)
+
+
+def build_all(ctx: MartInputs, skip: Collection[str] = ()) -> dict[str, pl.DataFrame]:
+    """Every nightly mart but those in `skip`, in registry order, over one reading of the evidence
+    (`evidence_by_report`) and the per-project figures worked out once (`project_flags`, `project_facts`)."""
     ctx = replace(ctx, evidence_by_report=evidence_by_report(ctx))
     ctx = replace(ctx, project_flags=project_flags(ctx))
     ctx = replace(ctx, project_facts=project_facts(ctx))
-    return {name: build(ctx) for name, build in MARTS.items()}
+    return {name: build(ctx) for name, build in MARTS.items() if name not in skip}
 
 
 def data_dictionary() -> dict[str, dict[str, tuple[str, str]]]:
@@ -462,6 +467,7 @@ __all__ = [
     "MARTS",
     "MART_KEYS",
     "MODULES",
+    "OUTBOX_MARTS",
     "SOURCES_SCHEMA",
     "MartInputs",
     "build_all",
