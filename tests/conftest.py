@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -12,6 +14,9 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 # Prefect logs "stopping temporary server" at exit, after pytest has closed the streams it captured.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="qingfeng-prefect-")
+# Removed at exit, after Prefect has stopped its temporary server (exit handlers run last registered first,
+# and Prefect registers its own once imported, after this).
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 # A source server that cannot be read is retried (flows.steps.RunSettings): quickly, in tests.
 os.environ.setdefault("QINGFENG_RETRY_BACKOFF_SECONDS", "0.2")
 
@@ -24,7 +29,7 @@ def pg_server():
     try:
         yield server
     finally:
-        server.stop()
+        server.discard()
 
 
 @pytest.fixture(scope="session")
