@@ -243,7 +243,7 @@ class _KeptSketches:
         def batch(lo: int) -> None:
             """Batch by batch, like the sketches: a city's shingles at once would take gigabytes."""
             d, h = shingle_hashes(texts.slice(lo, self.chunk), self.k)
-            out[lo:lo + self.chunk][np.unique(d[member(h, self.changed)])] = False
+            out[lo:lo + self.chunk][d[member(h, self.changed)]] = False
 
         _in_batches(len(texts), self.chunk, batch, self.parallel)
         return out
@@ -351,8 +351,8 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, kept: _KeptSketches, par
         live[part] = ok
 
     def sketch(docs: np.ndarray, texts: pl.Series) -> pl.DataFrame:
-        if older[docs].any():
-            check = older[docs]
+        check = older[docs]
+        if check.any():
             reused[docs[check][kept.untouched(texts.filter(pl.Series(check)))]] = True
             fresh = ~reused[docs]
             docs, texts = docs[fresh], texts.filter(pl.Series(fresh))
