@@ -326,8 +326,6 @@ def _boilerplate(ctx: RuleContext, reports: pl.DataFrame, kept: _KeptSketches, p
 class _Sketches(NamedTuple):
     keys: np.ndarray  # n × bands: each report's LSH band keys
     live: np.ndarray  # whether it has enough specific shingles to judge
-    text_hash: np.ndarray  # the hash of its summary
-    boilerplate: _KeptSketches
 
 
 def _band_keys(ctx: RuleContext, reports: pl.DataFrame, kept: _KeptSketches, params: dict) -> _Sketches:
@@ -363,7 +361,7 @@ def _band_keys(ctx: RuleContext, reports: pl.DataFrame, kept: _KeptSketches, par
     kept.save(reports, reused, keys, live)
     kept.finish()
     log.info("F6: %d sketches kept from the night before, %d made", int(reused.sum()), int((~reused).sum()))
-    return _Sketches(keys, live, reports["text_hash"].to_numpy(), kept)
+    return _Sketches(keys, live)
 
 
 def _candidate_sets(ctx: RuleContext, reports: pl.DataFrame, docs: np.ndarray, stop: np.ndarray,
@@ -387,7 +385,7 @@ _PAIRS = "pairs"
 _CARRIED = {"i": pl.Int64, "j": pl.Int64, "jaccard": pl.Float64, "i_size": pl.UInt32, "j_size": pl.UInt32}
 
 
-def _carried_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.ndarray) -> pl.DataFrame:
+def _carried_pairs(kept: _KeptSketches, reports: pl.DataFrame) -> pl.DataFrame:
     """The candidate pairs of the night before whose Jaccard holds tonight, by tonight's doc numbers (i < j)
     with each one's number of specific shingles: both summaries are the same (by their hash) and so is the
     boilerplate, so their shingle sets are too. (A pair of reports whose submission times moved has its
@@ -395,8 +393,7 @@ def _carried_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.nda
     stored = kept._read(_PAIRS)
     if stored is None:
         return pl.DataFrame(schema=_CARRIED)
-    ids = reports.select(pl.col("doc").cast(pl.Int64), "source_id", "report_id").with_columns(
-        hash=pl.Series(text_hash, dtype=pl.UInt64))
+    ids = reports.select(pl.col("doc").cast(pl.Int64), "source_id", "report_id", pl.col("text_hash").alias("hash"))
 
     def side(x: str) -> pl.DataFrame:
         return ids.rename({c: f"{x}_{c}" for c in ids.columns})
@@ -412,18 +409,17 @@ def _carried_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.nda
     ).cast(_CARRIED)
 
 
-def _keep_pairs(kept: _KeptSketches, reports: pl.DataFrame, text_hash: np.ndarray, i: np.ndarray, j: np.ndarray,
-                jaccard: np.ndarray, size: np.ndarray) -> None:
+def _keep_pairs(kept: _KeptSketches, reports: pl.DataFrame, i: np.ndarray, j: np.ndarray, jaccard: np.ndarray,
+                size: np.ndarray) -> None:
     """Tonight's candidate pairs with their Jaccard and each report's number of specific shingles (`size`, by
     doc number), for the next night (`_carried_pairs`)."""
     if kept.store is None:
         return
-    ids = reports.select("source_id", "report_id")
     kept.store.write(RULE_ID, _PAIRS, pl.DataFrame({
-        "a_source_id": ids["source_id"].gather(i), "a_report_id": ids["report_id"].gather(i),
-        "a_hash": pl.Series(text_hash[i], dtype=pl.UInt64), "a_size": pl.Series(size[i], dtype=pl.UInt32),
-        "b_source_id": ids["source_id"].gather(j), "b_report_id": ids["report_id"].gather(j),
-        "b_hash": pl.Series(text_hash[j], dtype=pl.UInt64), "b_size": pl.Series(size[j], dtype=pl.UInt32),
+        "a_source_id": reports["source_id"].gather(i), "a_report_id": reports["report_id"].gather(i),
+        "a_hash": reports["text_hash"].gather(i), "a_size": pl.Series(size[i], dtype=pl.UInt32),
+        "b_source_id": reports["source_id"].gather(j), "b_report_id": reports["report_id"].gather(j),
+        "b_hash": reports["text_hash"].gather(j), "b_size": pl.Series(size[j], dtype=pl.UInt32),
         "jaccard": pl.Series(jaccard, dtype=pl.Float64),
         "stop": pl.repeat(kept.fp, len(i), dtype=pl.UInt64, eager=True),
         "settings": pl.repeat(kept.settings, len(i), eager=True),
@@ -448,11 +444,10 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     sketches = _band_keys(ctx, reports, kept, params)
     # i < j: i is the earlier report.
     i, j = lsh_candidate_pairs(sketches.keys, sketches.live, params["max_bucket"])
-    kept, text_hash = sketches.boilerplate, sketches.text_hash
     del sketches  # the band keys (n × 32 values) are freed once bucketed
     # The Jaccard of a pair kept from the night before, where it holds; the others' shingle sets are made.
     carried = pl.DataFrame({"i": i, "j": j}, schema={"i": pl.Int64, "j": pl.Int64}).join(
-        _carried_pairs(kept, reports, text_hash), on=["i", "j"], how="left", maintain_order="left")
+        _carried_pairs(kept, reports), on=["i", "j"], how="left", maintain_order="left")
     jac = carried["jaccard"].to_numpy().copy()
     todo = np.flatnonzero(carried["jaccard"].is_null().to_numpy())
     candidates = _candidate_sets(ctx, reports, np.unique(np.r_[i[todo], j[todo]]), stop, params)
@@ -465,7 +460,7 @@ def features(ctx: RuleContext, params: dict) -> pl.DataFrame:
         size[read_back[side].to_numpy()] = read_back[f"{side}_size"].to_numpy()
     del candidates, read_back
     log.info("F6: %d candidate pairs, %d of them kept from the night before", len(i), len(i) - len(todo))
-    _keep_pairs(kept, reports, text_hash, i, j, jac, size)
+    _keep_pairs(kept, reports, i, j, jac, size)
     if len(i) == 0:
         return pl.DataFrame()
     project = reports.select(pl.concat_str("source_id", pl.lit("\x1f"), "project_id").rank("dense"))
