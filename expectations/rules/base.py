@@ -33,7 +33,7 @@ import great_expectations as gx
 import polars as pl
 
 from expectations.catalog import empty_flags, flag_frame
-from expectations.gx_runner import Check, Validator
+from expectations.gx_runner import Check, KnownVerdicts, Validator
 from warehouse.kept import KeptStore
 
 
@@ -152,7 +152,12 @@ def run_rule(module: ModuleType, ctx: RuleContext, validator: Validator, params:
     if features.is_empty():
         return empty_flags()
     id_columns = ["source_id", module.ID_COLUMN]
-    results = validator.run(f"rule_{module.RULE_ID}", features, id_columns, module.checks(params))
+    # A rule's checks read a few small figures a row: GX judges each combination of them once, and on a
+    # next night only the combinations it has not judged on an earlier one.
+    known = None if ctx.kept is None else KnownVerdicts(ctx.kept, module.RULE_ID,
+                                                        "verdicts_" + module.__name__.rsplit(".", 1)[-1])
+    results = validator.run(f"rule_{module.RULE_ID}", features, id_columns, module.checks(params),
+                            distinct=True, known=known)
     hits = [r.unexpected for r in results if not r.success and not r.unexpected.is_empty()]
     if not hits:
         return empty_flags()
