@@ -45,21 +45,24 @@ def _source_features(ctx: RuleContext, params: dict) -> pl.DataFrame:
     )
     seq = report_sequence(
         ctx.table("stage_reports").select("source_id", "report_id", "project_id", "submitted_at", "progress_pct")
-    ).join(metrics, on=["source_id", "report_id"], how="left")
-    over = ["source_id", "project_id"]
+    ).join(metrics, on=["source_id", "report_id"], how="left", maintain_order="left")
     sig = pl.when(pl.col("progress_pct").is_not_null() & pl.col("metrics").is_not_null()).then(
         pl.concat_str(pl.col("progress_pct").round(6).cast(pl.String), pl.lit("|"), "metrics"))
+    # The reports are in filing order project by project (`report_sequence`): a report repeats the row
+    # before it when that row is of its project and says the same, and each run of repeats, numbered
+    # down the whole frame, is one group (a window over one integer, not over the project's keys).
+    same_project = (pl.col("source_id") == pl.col("source_id").shift(1)) & (
+        pl.col("project_id") == pl.col("project_id").shift(1))
     f = seq.with_columns(sig.alias("_sig")).with_columns(
-        (pl.col("_sig") == pl.col("_sig").shift(1).over(over)).fill_null(False).alias("_repeat"),
+        (same_project & (pl.col("_sig") == pl.col("_sig").shift(1))).fill_null(False).alias("_repeat"),
     ).with_columns(
-        (~pl.col("_repeat")).cum_sum().over(over).alias("_run"),
+        (~pl.col("_repeat")).cum_sum().alias("_run"),
     )
-    runs = over + ["_run"]
     f = f.with_columns(
-        pl.len().over(runs).alias("_len"),
-        pl.col("report_id").first().over(runs).alias("run_first_report_id"),
-        ts_json(pl.col("submitted_at").first().over(runs)).alias("run_first_submitted_at"),
-        pl.int_range(pl.len()).over(runs).alias("position_in_run"),
+        pl.len().over("_run").alias("_len"),
+        pl.col("report_id").first().over("_run").alias("run_first_report_id"),
+        ts_json(pl.col("submitted_at").first().over("_run")).alias("run_first_submitted_at"),
+        pl.int_range(pl.len()).over("_run").alias("position_in_run"),
     )
     return f.filter(pl.col("_repeat")).with_columns(pl.col("_len").alias("identical_run_length")).drop(
         "_sig", "_repeat", "_run", "_len")
