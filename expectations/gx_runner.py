@@ -14,8 +14,8 @@ is handed one row of each combination (with its real ids) and each unexpected co
 every row that holds it. A rule's features are a few small numbers per report: 649,510 reports of
 T1 hold 24,207 combinations of (threshold, items). With `known` (`KnownVerdicts`), the verdicts of the
 combinations are kept between nights, under a fingerprint of the checks (their types and settings, the
-GX version, the columns' types): a combination judged on an earlier night keeps its verdict, and GX
-judges only the combinations not seen before.
+versions of GX, Polars and pandas, the columns' types): a combination judged on an earlier night keeps
+its verdict, and GX judges only the combinations not seen before.
 """
 
 from __future__ import annotations
@@ -350,9 +350,11 @@ class _Combinations:
 
     def _fingerprint(self, schema: pl.Schema) -> str:
         """What a kept verdict was made under: the checks (types, settings, in order), the checked
-        columns' types and GX's version."""
+        columns' types, and the versions of GX and of what hands it the values (Polars, pandas)."""
+        import pandas
+
         made_of = {"checks": self.checks, "columns": {c: str(schema[c]) for c in self.read},
-                   "gx": gx.__version__}
+                   "versions": [gx.__version__, pl.__version__, pandas.__version__]}
         return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
 
     def _earlier(self) -> pl.DataFrame | None:
