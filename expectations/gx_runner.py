@@ -296,6 +296,7 @@ class _Combinations:
         self.checks = [{"type": c.expectation.expectation_type, "kwargs": c.expectation.configuration.kwargs}
                        for c in checks]
         self.earlier: pl.DataFrame | None = None
+        self.present: pl.DataFrame | None = None  # the combinations of the batch being validated
         self.tonight: list[pl.DataFrame] = []
         self.fingerprint: str | None = None
         self.whole = False  # a batch was validated row by row: keep no verdicts from tonight
@@ -314,6 +315,7 @@ class _Combinations:
         if self.fingerprint is None:
             self.fingerprint = self._fingerprint(chunk.schema)
             self.earlier = self._earlier() if self.known is not None else None
+        self.present = combinations.select(self.read)
         if self.earlier is None:
             return combinations
         return combinations.join(self.earlier, on=self.read, how="anti", nulls_equal=True)
@@ -329,9 +331,8 @@ class _Combinations:
             verdicts = verdicts.join(ids.unique().with_columns(pl.lit(True).alias(verdict)), on=self.id_columns,
                                      how="left", maintain_order="left").with_columns(pl.col(verdict).fill_null(False))
         verdicts = verdicts.select(*self.read, *self.verdicts)
-        if self.earlier is not None:
-            seen = chunk.select(self.read).join(self.earlier, on=self.read, how="semi", nulls_equal=True)
-            verdicts = pl.concat([verdicts, self.earlier.join(seen.unique(), on=self.read, how="semi",
+        if self.earlier is not None:  # the combinations of the batch judged on an earlier night
+            verdicts = pl.concat([verdicts, self.earlier.join(self.present, on=self.read, how="semi",
                                                               nulls_equal=True).select(verdicts.columns)])
         self.tonight.append(verdicts)
         return [
