@@ -39,6 +39,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 from warehouse.kept import KeptStore  # noqa: E402
 
 logging.getLogger("great_expectations").setLevel(logging.WARNING)
+log = logging.getLogger("qingfeng.gx")
 
 
 @dataclass
@@ -314,7 +315,7 @@ class _Combinations:
             return None
         if self.fingerprint is None:
             self.fingerprint = self._fingerprint(chunk.schema)
-            self.earlier = self._earlier() if self.known is not None else None
+            self.earlier = self._earlier(chunk.schema) if self.known is not None else None
         self.present = combinations.select(self.read)
         if self.earlier is None:
             return combinations
@@ -358,10 +359,18 @@ class _Combinations:
                    "versions": [gx.__version__, pl.__version__, pandas.__version__]}
         return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()
 
-    def _earlier(self) -> pl.DataFrame | None:
+    def _earlier(self, schema: pl.Schema) -> pl.DataFrame | None:
+        """The verdicts kept under the same fingerprint, in the columns they were written with; None for
+        anything else (no file, another fingerprint, a file not as written), and GX judges all again."""
         earlier = self.known.read()
         if earlier is None or earlier.is_empty() or _FINGERPRINT not in earlier.columns \
                 or earlier[_FINGERPRINT][0] != self.fingerprint:
+            return None
+        if sorted(earlier.columns) != sorted([*self.read, *self.verdicts, _FINGERPRINT]) \
+                or any(earlier.schema[v] != pl.Boolean for v in self.verdicts) \
+                or any(earlier.schema[c] != schema[c] for c in self.read):
+            log.warning("kept GX verdicts %s are not as written: every combination is judged again",
+                        self.known.store.file(self.known.rule_id, self.known.name))
             return None
         return earlier.drop(_FINGERPRINT)
 

@@ -112,3 +112,16 @@ def test_checks_that_do_not_judge_a_row_alone_are_validated_row_by_row(expectati
     frame = figures()
     result = Validator().run("values", frame, IDS, [Check("X", expectation, "report")], distinct=True)
     assert result[0].judged == 600
+
+
+def test_a_kept_file_not_as_written_is_set_aside_and_everything_judged_again(tmp_path):
+    store = KeptStore(tmp_path)
+    known = KnownVerdicts(store, "T1", "verdicts_t1")
+    frame = figures()
+    first = Validator().run("n1", frame, IDS, checks(), distinct=True, known=known)
+    store.write("T1", "verdicts_t1", store.read("T1", "verdicts_t1").drop("_unexpected_1"))
+    again = Validator().run("n2", frame, IDS, checks(), distinct=True, known=known)
+    assert {r.judged for r in again} == {4 * 7}
+    assert outcome(again) == outcome(first)
+    store.file("T1", "verdicts_t1").write_bytes(b"not parquet")
+    assert outcome(Validator().run("n3", frame, IDS, checks(), distinct=True, known=known)) == outcome(first)
