@@ -280,6 +280,10 @@ class KnownVerdicts:
     def write(self, frame: pl.DataFrame) -> None:
         self.store.write(self.rule_id, self.name, frame)
 
+    @property
+    def file(self) -> Path:
+        return self.store.file(self.rule_id, self.name)
+
 
 _VERDICT = "_unexpected_{}"  # a kept combination's verdict under the suite's i-th check
 _FINGERPRINT = "_fingerprint"
@@ -345,7 +349,7 @@ class _Combinations:
     def save(self) -> None:
         """Keep tonight's combinations and their verdicts (only those: a combination no row holds any
         more is let go)."""
-        if self.known is None or self.whole or self.fingerprint is None or not self.tonight:
+        if self.known is None or self.whole or not self.tonight:  # (no batch judged by values: none)
             return
         frame = pl.concat(self.tonight).unique(subset=self.read, keep="first")
         self.known.write(frame.with_columns(pl.lit(self.fingerprint).alias(_FINGERPRINT)))
@@ -370,7 +374,7 @@ class _Combinations:
                 or any(earlier.schema[v] != pl.Boolean for v in self.verdicts) \
                 or any(earlier.schema[c] != schema[c] for c in self.read):
             log.warning("kept GX verdicts %s are not as written: every combination is judged again",
-                        self.known.store.file(self.known.rule_id, self.known.name))
+                        self.known.file)
             return None
         return earlier.drop(_FINGERPRINT)
 
