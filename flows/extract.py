@@ -26,7 +26,7 @@ from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 
 from flows.registry import Source, redact
 from transforms.dialects import NativeTable, native_tables
-from transforms.parse import timestamp as parse_timestamp
+from transforms.parse import timestamps
 from transforms.schema import TZ
 
 KEY_CHUNK = 900  # bound parameters per IN (...) list; well under every driver's limit
@@ -391,7 +391,7 @@ def _pull_table(
     # changed rows by key.
     key = _column(table, _native_key(native))
     narrow = _frame(conn, sa.select(_as_text(key), _as_text(change)), [key.name, change.name])
-    ts = narrow.select(parse_timestamp(pl.col(change.name)).alias("ts"), pl.col(key.name).alias("k"))
+    ts = pl.DataFrame({"ts": timestamps(narrow, change.name), "k": narrow[key.name]})
     changed = ts.filter(pl.col("ts").is_null() | (pl.col("ts") >= lower))
     if changed.height > FULL_PULL_SHARE * max(narrow.height, 1) or changed["k"].null_count():
         return _changed_since(_frame(conn, everything, columns), change.name, lower)
@@ -409,7 +409,7 @@ def _changed_since(frame: pl.DataFrame, column: str, lower: datetime) -> tuple[p
     """`_pull_table` of an incremental pull: the rows changed at or after `lower`, or whose change time
     cannot be read (they cannot be placed, and must not vanish), and the newest change time; the column
     parsed once for both."""
-    ts = frame.select(parse_timestamp(pl.col(column))).to_series()
+    ts = timestamps(frame, column)
     return frame.filter(ts.is_null() | (ts >= lower)), False, ts.max()
 
 
@@ -474,7 +474,7 @@ def _newest_change(frame: pl.DataFrame, native: NativeTable) -> datetime | None:
     col = next((c for c in frame.columns if c.lower() == native.change_column.lower()), None)
     if col is None:
         return None
-    return frame.select(parse_timestamp(pl.col(col)).max()).item()
+    return timestamps(frame, col).max()
 
 
 # --------------------------------------------------------------------------------------------------

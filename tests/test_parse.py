@@ -116,6 +116,16 @@ def test_timestamp_fast_path_equals_general_path(fn):
     assert apply(P.timestamp, ["1988-07-01T12:00:00+08:00"]) == [datetime(1988, 7, 1, 13, tzinfo=SH)]  # summer time
 
 
+def test_timestamps_of_a_column_equal_timestamp_by_either_path():
+    """`timestamps` (an extraction's change times) reads a canonical column by the fast path alone and any
+    other by the general one; either way value for value what `timestamp` reads."""
+    canonical = ["2026-11-28T10:00:00+08:00", "2026-11-28 10:00:00", "2019-02-30", "1991-04-14 02:30:00", None]
+    for values in (canonical, MIXED_TIMESTAMPS, [], [None]):
+        frame = pl.DataFrame({"v": values}, schema={"v": pl.String})
+        assert_series_equal(P.timestamps(frame, "v"), _series(P.timestamp, values), check_names=False)
+    assert P.fast_path_suffices(pl.DataFrame({"v": canonical}), {"v": "timestamp"})["v"]
+
+
 # ------------------------------------------------------------------------------------------------ ids, text
 
 

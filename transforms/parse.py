@@ -428,6 +428,16 @@ def _parts(e: pl.Expr, prepared: bool, fast: pl.Expr | None) -> tuple[pl.Expr, p
     return num, e.struct.field("unit").str.to_lowercase(), fast
 
 
+def timestamps(frame: pl.DataFrame, column: str) -> pl.Series:
+    """The values of the String column `column` of `frame` as `timestamp` reads them: by its fast path
+    alone when every value has a canonical spelling (`fast_path_suffices`), as a source's change times
+    nearly always do. A probe and the fast path cost about a third of the general path's fixed 2 ms,
+    which an extraction paid for every table it pulled."""
+    if fast_path_suffices(frame, {column: "timestamp"})[column]:
+        return frame.select(timestamp_fast(pl.col(column))).to_series()
+    return frame.select(timestamp(pl.col(column))).to_series()
+
+
 def _fast_first(value: pl.Expr, fast: pl.Expr | None) -> pl.Expr:
     return value if fast is None else pl.coalesce([fast, value])
 
